@@ -1,0 +1,1 @@
+"""Gymnasium environments that ship with prefrl (imports only gymnasium and numpy)."""

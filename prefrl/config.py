@@ -1,0 +1,357 @@
+"""Every knob of a run, as one tree of dataclasses.
+
+An experiment is a small TOML file naming only what differs from these defaults; ``--set key=value``
+overrides any field on the command line (``--set labels.total=500``). The resolved tree is saved
+with every run as ``config.toml``. A misspelt key, a wrong type or an out-of-range value is refused
+before any compute, with a one-line message and a suggestion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is wrong; the message says what and how to fix it."""
+
+
+@dataclass
+class EnvConfig:
+    id: str = "CartPole-v1"
+    """Gymnasium id; a ``module:Id`` form imports ``module`` first (to register custom envs)."""
+    n_envs: int = 8
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Passed to ``gymnasium.make``."""
+    max_episode_steps: int = 0
+    """Override the env's time limit (0 keeps the registered one)."""
+    vec_env: str = "dummy"
+    """``dummy`` (one process) or ``subproc`` (one process per env)."""
+    frame_stack: int = 4
+    """Atari only: frames stacked per observation."""
+
+
+@dataclass
+class SegmentConfig:
+    length: int = 0
+    """Steps per segment; 0 picks by env kind: 50 classic control, ~1.5 s of sim time MuJoCo, 25 Atari."""
+    buffer_size: int = 4000
+    """Most recent segments kept as query candidates."""
+
+
+@dataclass
+class RewardConfig:
+    members: int = 3
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    model: str = "auto"
+    """``mlp`` over (obs, action), ``cnn`` over image obs, or ``auto``."""
+    use_action: str = "auto"
+    """``yes``, ``no`` or ``auto`` (yes for mlp, no for cnn, as in the paper)."""
+    dropout: float = 0.5
+    lr: float = 1e-3
+    batch_size: int = 64
+    epsilon: float = 0.1
+    """Probability that an answer is uniformly random (label-noise mixture in the loss)."""
+    val_fraction: float = 1 / math.e
+    l2: float = 1e-3
+    """Initial L2 coefficient; adapted to keep val/train loss in ``l2_bounds``."""
+    l2_bounds: list[float] = field(default_factory=lambda: [1.1, 1.5])
+    initial_epochs: int = 100
+    """Epochs of the first fit, on the labels asked before RL starts."""
+    epochs: int = 10
+    """Epochs of every later fit."""
+    min_steps: int = 50
+    """At least this many gradient steps per fit (small label sets)."""
+    max_labels: int = 0
+    """Fit on the most recent N comparisons only (0 = all; the paper's Atari runs keep 3000)."""
+    center: str = "auto"
+    """Zero of the agent's reward: ``absorbing`` (the state after termination pays 0), ``mean``, or ``auto``
+    (absorbing once a terminated segment was seen, else mean)."""
+
+
+@dataclass
+class LabelConfig:
+    total: int = 200
+    """Label budget of the whole run."""
+    initial_fraction: float = 0.25
+    """Fraction asked about random-policy segments before RL starts."""
+    t0: float = 0.0
+    """Label rate ∝ t0 / (T + t0); 0 means total_timesteps / 4."""
+    sampler: str = "disagreement"
+    """``uniform``, ``disagreement`` (ensemble variance of the preference) or ``entropy``."""
+    candidates: int = 10
+    """Disagreement/entropy: draw this many times more candidate pairs than queries."""
+    k: int = 2
+    """Segments per query (2 = pairs)."""
+    max_pending: int = 50
+    """Asynchronous oracles: pause the agent when this many queries are unanswered."""
+
+
+@dataclass
+class OracleConfig:
+    kind: str = "synthetic"
+    """``synthetic`` (compares true returns) or ``replay`` (answers from a label file)."""
+    teacher: str = "oracle"
+    """B-Pref teacher preset: oracle, stoc, mistake, noisy, skip, myopic, equal."""
+    beta: float = math.inf
+    gamma: float = 1.0
+    epsilon: float = 0.0
+    skip_threshold: float = -math.inf
+    """Relative to the mean |segment return|; -inf never skips."""
+    equal_threshold: float = 0.0
+    replay_file: str = ""
+    overrides: list[str] = field(default_factory=list)
+    """Internal: which teacher knobs were set explicitly (filled by the loader)."""
+
+
+@dataclass
+class AgentConfig:
+    algo: str = "PPO"
+    """Any Stable-Baselines3 on-policy algorithm (PPO, A2C)."""
+    policy: str = "auto"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Hyperparameters passed to the algorithm; ``lin_X`` strings are linear schedules from X to 0."""
+    device: str = "cpu"
+
+
+@dataclass
+class TrainConfig:
+    name: str = "run"
+    task: str = ""
+    """What the labelers should reward, in one sentence (shown to people)."""
+    reward_source: str = "learned"
+    """``learned`` (from preferences) or ``true`` (the env's reward, the RL baseline)."""
+    total_timesteps: int = 100_000
+    chunk_steps: int = 0
+    """Agent steps between label rounds; 0 = 1/50 of total_timesteps, rounded to whole rollouts."""
+    seed: int = 0
+    eval_episodes: int = 20
+    baseline: bool = False
+    """Also train the same agent on the true reward and plot both."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    segments: SegmentConfig = field(default_factory=SegmentConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+
+
+# The run `prefrl train` makes with no experiment file: CartPole learned from 100 synthetic labels,
+# beside PPO on the true reward. Hyperparameters are the well-known tuned PPO ones for CartPole.
+QUICKSTART: dict[str, Any] = {
+    "name": "quickstart-cartpole",
+    "task": "keep the pole upright for as long as possible",
+    "total_timesteps": 100_000,
+    "baseline": True,
+    "labels": {"total": 100},
+    "agent": {
+        "algo": "PPO",
+        "kwargs": {
+            "n_steps": 32,
+            "batch_size": 256,
+            "gae_lambda": 0.8,
+            "gamma": 0.98,
+            "n_epochs": 20,
+            "ent_coef": 0.0,
+            "learning_rate": "lin_0.001",
+            "clip_range": "lin_0.2",
+        },
+    },
+}
+
+_CHOICES = {
+    ("env", "vec_env"): ("dummy", "subproc"),
+    ("reward", "model"): ("auto", "mlp", "cnn"),
+    ("reward", "use_action"): ("auto", "yes", "no"),
+    ("reward", "center"): ("auto", "absorbing", "mean"),
+    ("labels", "sampler"): ("uniform", "disagreement", "entropy"),
+    ("oracle", "kind"): ("synthetic", "replay", "human"),
+    ("reward_source",): ("learned", "true"),
+}
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"config: {key} = {_get(cfg, key.split('.'))!r} {what}")
+
+    for path, choices in _CHOICES.items():
+        value = _get(cfg, list(path))
+        if value not in choices:
+            raise ConfigError(f"config: {'.'.join(path)} = {value!r} is not one of {', '.join(choices)}")
+    need(cfg.total_timesteps > 0, "total_timesteps", "must be positive")
+    need(cfg.chunk_steps >= 0, "chunk_steps", "must be ≥ 0")
+    need(cfg.eval_episodes >= 0, "eval_episodes", "must be ≥ 0")
+    need(cfg.env.n_envs >= 1, "env.n_envs", "must be ≥ 1")
+    need(cfg.segments.length >= 0, "segments.length", "must be ≥ 0 (0 = pick by env kind)")
+    need(cfg.segments.buffer_size >= 2, "segments.buffer_size", "must be ≥ 2")
+    need(cfg.reward.members >= 1, "reward.members", "must be ≥ 1")
+    need(all(h >= 1 for h in cfg.reward.hidden), "reward.hidden", "must be positive layer widths")
+    need(0 <= cfg.reward.dropout < 1, "reward.dropout", "must be in [0, 1)")
+    need(cfg.reward.lr > 0, "reward.lr", "must be positive")
+    need(cfg.reward.batch_size >= 1, "reward.batch_size", "must be ≥ 1")
+    need(0 <= cfg.reward.epsilon < 1, "reward.epsilon", "must be in [0, 1)")
+    need(0 <= cfg.reward.val_fraction < 1, "reward.val_fraction", "must be in [0, 1)")
+    need(cfg.reward.l2 >= 0, "reward.l2", "must be ≥ 0")
+    lo_hi = cfg.reward.l2_bounds
+    need(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1], "reward.l2_bounds", "must be [low, high] with 0 < low ≤ high")
+    need(cfg.reward.initial_epochs >= 0 and cfg.reward.epochs >= 0, "reward.epochs", "must be ≥ 0")
+    need(cfg.reward.max_labels >= 0, "reward.max_labels", "must be ≥ 0")
+    need(cfg.labels.total >= 0, "labels.total", "must be ≥ 0")
+    need(0 <= cfg.labels.initial_fraction <= 1, "labels.initial_fraction", "must be in [0, 1]")
+    need(cfg.labels.t0 >= 0, "labels.t0", "must be ≥ 0")
+    need(cfg.labels.candidates >= 1, "labels.candidates", "must be ≥ 1")
+    need(cfg.labels.k >= 2, "labels.k", "must be ≥ 2")
+    need(cfg.oracle.beta > 0, "oracle.beta", "must be positive (inf = always the better segment)")
+    need(0 < cfg.oracle.gamma <= 1, "oracle.gamma", "must be in (0, 1]")
+    need(0 <= cfg.oracle.epsilon <= 1, "oracle.epsilon", "must be in [0, 1]")
+    need(cfg.oracle.equal_threshold >= 0, "oracle.equal_threshold", "must be ≥ 0")
+    if cfg.oracle.kind == "replay" and not cfg.oracle.replay_file:
+        raise ConfigError("config: oracle.kind = 'replay' needs oracle.replay_file (an exported label file)")
+
+
+def _get(obj: Any, path: list[str]) -> Any:
+    for p in path:
+        obj = getattr(obj, p)
+    return obj
+
+
+def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Check (and gently coerce) a TOML value against a dataclass field type."""
+    origin = typing.get_origin(tp)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False, value
+        return True, float(value)
+    if tp is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is str:
+        return isinstance(value, str), value
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            return False, value
+        out = []
+        for v in value:
+            ok, v = _type_ok(v, inner)
+            if not ok:
+                return False, value
+            out.append(v)
+        return True, out
+    if origin is dict:
+        return isinstance(value, dict), value
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a)[0] for a in typing.get_args(tp)), value
+    return True, value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _merge(obj: Any, data: dict[str, Any], prefix: str, explicit: list[str]) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj) if f.name != "overrides"]
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"config: unknown key '{full}'{hint}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config: '{full}' is a section; write [{full}] with keys under it")
+            _merge(current, value, f"{full}.", explicit)
+            continue
+        ok, coerced = _type_ok(value, hints[key])
+        if not ok:
+            raise ConfigError(
+                f"config: '{full}' must be {_type_name(hints[key])}, got {value!r} ({type(value).__name__})"
+            )
+        setattr(obj, key, coerced)
+        explicit.append(full)
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"labels.total=500"`` → ``{"labels": {"total": 500}}`` (the value is read as TOML, else as a string)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set labels.total=500")
+    key, raw = text.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *, base: dict | None = None
+) -> TrainConfig:
+    """Defaults ← ``base`` (default: the quickstart when no file is given) ← TOML file ← ``--set`` overrides."""
+    cfg = TrainConfig()
+    explicit: list[str] = []
+    layers: list[dict[str, Any]] = []
+    if base is not None:
+        layers.append(base)
+    elif path is None:
+        layers.append(QUICKSTART)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config: no such experiment file '{path}'")
+        try:
+            layers.append(tomllib.loads(path.read_text()))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config: {path} is not valid TOML ({e})") from None
+    layers.extend(parse_override(o) for o in overrides)
+    for layer in layers:
+        _merge(cfg, layer, "", explicit)
+    cfg.oracle.overrides = sorted({k.split(".", 1)[1] for k in explicit if k.startswith("oracle.")})
+    _check_ranges(cfg)
+    return cfg
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Inverse of :func:`to_dict` (a saved ``config.toml``)."""
+    data = {**data, "oracle": dict(data.get("oracle", {}))}
+    explicit = data["oracle"].pop("overrides", [])
+    cfg = load_config(base=data)
+    cfg.oracle.overrides = list(explicit)
+    return cfg
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(tomli_w.dumps(_toml_safe(to_dict(cfg))))
+
+
+def _toml_safe(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _toml_safe(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_toml_safe(v) for v in d]
+    return d

@@ -1,0 +1,379 @@
+"""The training loop of Christiano et al. (2017), stage by stage.
+
+Three processes, run here in turn: the policy acts and learns on the *predicted* reward; pairs of
+segments the reward ensemble disagrees on most go to an oracle; the ensemble is refit to every
+comparison so far. Everything a run produces goes to its :class:`~prefrl.run.RunDir`, and a
+checkpoint after every chunk lets a killed run resume without losing a label.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import VecEnv
+from tqdm import tqdm
+
+from prefrl.config import ConfigError, OracleConfig, TrainConfig
+from prefrl.data import SKIP, TIE, ComparisonStore
+from prefrl.make import default_segment_length, make_agent, make_vec_env, resolve_env_id
+from prefrl.oracles import Oracle, make_teacher
+from prefrl.reward import RewardEnsemble, RewardTrainer
+from prefrl.run import RunDir, Stopwatch, restore_rng, rng_state
+from prefrl.segments import LabelSchedule, RecordSegments, SegmentBuffer, collect_random, select_queries
+from prefrl.wrappers import LearnedReward
+
+TEACHER_KNOBS = ("beta", "gamma", "epsilon", "skip_threshold", "equal_threshold")
+
+
+@dataclass
+class Result:
+    run: RunDir
+    timesteps: int
+    true_return: float
+    labels: int
+
+
+def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progress: bool = True) -> Result:
+    """Learn ``cfg.env`` from preferences (or from its true reward when ``cfg.reward_source == "true"``)."""
+    resuming = run.has_checkpoint()
+    if not resuming:
+        run.save_config(cfg)
+    if cfg.reward_source == "true":
+        return train_true_reward(cfg, run, progress=progress)
+    check_config(cfg)
+
+    # The pieces: env stack (true reward inside), segment recorder, reward ensemble, agent, label store.
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    T = cfg.segments.length or default_segment_length(cfg.env)
+    buffer = SegmentBuffer(cfg.segments.buffer_size)
+    record = RecordSegments(make_vec_env(cfg.env, seed=cfg.seed), length=T, buffer=buffer, env_id=cfg.env.id)
+    reward = RewardEnsemble(
+        record.observation_space,
+        record.action_space,
+        members=cfg.reward.members,
+        hidden=tuple(cfg.reward.hidden),
+        model=cfg.reward.model,
+        use_action={"auto": None, "yes": True, "no": False}[cfg.reward.use_action],
+        dropout=cfg.reward.dropout,
+        seed=cfg.seed,
+    )
+    trainer = RewardTrainer(
+        reward,
+        lr=cfg.reward.lr,
+        batch_size=cfg.reward.batch_size,
+        epsilon=cfg.reward.epsilon,
+        val_fraction=cfg.reward.val_fraction,
+        l2=cfg.reward.l2,
+        l2_bounds=tuple(cfg.reward.l2_bounds),
+        seed=cfg.seed,
+    )
+    env = LearnedReward(record, reward)
+    agent = make_agent(cfg.agent, env, seed=cfg.seed)
+    agent.set_logger(configure(None, []))
+    labels = ComparisonStore(run.labels_path)
+    oracle = oracle if oracle is not None else make_oracle(cfg.oracle, seed=cfg.seed)
+    schedule = LabelSchedule(
+        total=cfg.labels.total,
+        initial_fraction=cfg.labels.initial_fraction,
+        t0=cfg.labels.t0,
+        total_timesteps=cfg.total_timesteps,
+    )
+    chunk = chunk_steps(cfg, agent)
+    log = run.metrics()
+    state: dict[str, Any] = {"timesteps": 0, "random_steps": 0, "wall_s": 0.0}
+    if resuming:
+        agent, state, rng = _restore(run, cfg, agent, env, reward, trainer, buffer, record, log)
+    pin_progress(agent, cfg.total_timesteps)
+    clock = Stopwatch(offset=state["wall_s"])
+    bar = tqdm(total=cfg.total_timesteps, initial=agent.num_timesteps, disable=not progress, unit="step", desc=cfg.name)
+
+    def ask_and_fit(n_due: int, epochs: int) -> dict[str, float]:
+        """Stages 3 and 4: the oracle compares the queries the ensemble disagrees on most; refit the reward."""
+        metrics = ask(oracle, n_due - len(labels) - oracle.pending(), buffer=buffer, reward=reward, labels=labels,
+                      cfg=cfg, rng=rng)  # fmt: skip
+        comparisons = labels.comparisons(last=cfg.reward.max_labels or None)
+        if any(c.label != SKIP for c in comparisons):
+            segments = labels.segments(i for c in comparisons for i in c.segment_ids)
+            metrics |= trainer.fit(comparisons, segments, epochs=epochs, min_steps=cfg.reward.min_steps)
+            normalize(reward, buffer, center=cfg.reward.center, rng=rng)
+        return metrics
+
+    # 1. Before RL: label segments of a random policy, fit the reward to them.
+    if not state.get("pretrained"):
+        n0 = schedule.due(0)
+        state["random_steps"] = collect_random(
+            record, min_segments=max(4 * cfg.labels.k * n0, 100), max_steps=50 * max(4 * n0, 100) * T, rng=rng
+        )
+        metrics = ask_and_fit(n0, cfg.reward.initial_epochs)
+        state["pretrained"] = True
+        log.log({"timesteps": 0, "wall_s": clock(), **_label_counts(labels), **metrics})
+        checkpoint(run, agent, reward, trainer, buffer, record, rng, state | {"wall_s": clock()})
+
+    while agent.num_timesteps < cfg.total_timesteps:
+        # 2. The policy acts and learns on the predicted reward.
+        wait_for_oracle(oracle, labels, max_pending=cfg.labels.max_pending)
+        agent.learn(chunk, reset_num_timesteps=False, progress_bar=False)
+        # 3-4. Queries due by now go to the oracle; the reward is refit to every comparison so far.
+        metrics = ask_and_fit(schedule.due(agent.num_timesteps), cfg.reward.epochs)
+        row = {
+            "timesteps": agent.num_timesteps,
+            "wall_s": clock(),
+            **_label_counts(labels),
+            **metrics,
+            **rollout_metrics(agent, env),
+        }
+        log.log(row)
+        write_segment_scatter(run, reward, buffer)
+        checkpoint(run, agent, reward, trainer, buffer, record, rng, state | {"wall_s": clock()})
+        bar.update(agent.num_timesteps - bar.n)
+        bar.set_postfix(_postfix(row), refresh=False)
+    bar.close()
+
+    final = evaluate(agent, cfg)
+    counts = _label_counts(labels)
+    log.log({"timesteps": agent.num_timesteps, "wall_s": clock(), **counts, **final})
+    labels.close()
+    env.close()
+    return Result(run, agent.num_timesteps, final.get("eval/true_return", math.nan), counts["labels/total"])
+
+
+def train_true_reward(cfg: TrainConfig, run: RunDir, *, progress: bool = True) -> Result:
+    """The RL baseline: the same agent and chunks, on the environment's own reward."""
+    torch.manual_seed(cfg.seed)
+    venv = make_vec_env(cfg.env, seed=cfg.seed)
+    agent = make_agent(cfg.agent, venv, seed=cfg.seed)
+    agent.set_logger(configure(None, []))
+    log = run.metrics()
+    state: dict[str, Any] = {"timesteps": 0, "wall_s": 0.0}
+    if run.has_checkpoint():
+        state = run.read_state()
+        agent = type(agent).load(run.ckpt / "agent.zip", env=venv, device=cfg.agent.device)
+        agent.set_logger(configure(None, []))
+        log.truncate_after(agent.num_timesteps)
+    pin_progress(agent, cfg.total_timesteps)
+    clock = Stopwatch(offset=state["wall_s"])
+    chunk = chunk_steps(cfg, agent)
+    bar = tqdm(total=cfg.total_timesteps, initial=agent.num_timesteps, disable=not progress, unit="step", desc=cfg.name)
+    while agent.num_timesteps < cfg.total_timesteps:
+        agent.learn(chunk, reset_num_timesteps=False, progress_bar=False)
+        row = {"timesteps": agent.num_timesteps, "wall_s": clock(), **rollout_metrics(agent, None)}
+        log.log(row)
+        save_agent(agent, run)
+        run.write_state({"timesteps": agent.num_timesteps, "wall_s": clock()})
+        bar.update(agent.num_timesteps - bar.n)
+        bar.set_postfix(_postfix(row), refresh=False)
+    bar.close()
+    final = evaluate(agent, cfg)
+    log.log({"timesteps": agent.num_timesteps, "wall_s": clock(), **final})
+    venv.close()
+    return Result(run, agent.num_timesteps, final.get("eval/true_return", math.nan), 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# The stages' helpers, one job each.
+
+
+def make_oracle(cfg: OracleConfig, *, seed: int) -> Oracle:
+    if cfg.kind != "synthetic":
+        raise ConfigError(
+            f"oracle.kind = '{cfg.kind}' is not available in `prefrl train` yet; use 'synthetic' "
+            "(comparisons of true returns)"
+        )
+    knobs = {k: getattr(cfg, k) for k in cfg.overrides if k in TEACHER_KNOBS}
+    if knobs.get("skip_threshold") == -math.inf:
+        knobs["skip_threshold"] = None
+    return make_teacher(cfg.teacher, seed=seed, **knobs)
+
+
+def ask(
+    oracle: Oracle,
+    n: int,
+    *,
+    buffer: SegmentBuffer,
+    reward: RewardEnsemble,
+    labels: ComparisonStore,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+) -> dict[str, float]:
+    """Select ``n`` queries, hand them to the oracle, store every answer that is ready."""
+    metrics: dict[str, float] = {}
+    if n > 0:
+        queries, metrics = select_queries(
+            list(buffer),
+            n=n,
+            k=cfg.labels.k,
+            sampler=cfg.labels.sampler,
+            candidates=cfg.labels.candidates,
+            ensemble=reward if len(labels) > 0 else None,
+            rng=rng,
+        )
+        oracle.submit(queries)
+        by_id = {q.id: q for q in queries}
+        for c in oracle.collect(timeout=0.0):
+            q = by_id.get(c.query_id)
+            labels.add(c, q.segments if q else ())
+    return metrics
+
+
+def wait_for_oracle(oracle: Oracle, labels: ComparisonStore, *, max_pending: int) -> None:
+    """An asynchronous oracle (a person) that fell behind pauses the agent rather than let it run on a stale reward."""
+    while oracle.pending() > max_pending:
+        for c in oracle.collect(timeout=1.0):
+            labels.add(c)
+
+
+def normalize(reward: RewardEnsemble, buffer: SegmentBuffer, *, center: str, rng: np.random.Generator) -> None:
+    """Rescale each member to unit std over recent real steps; pin the absorbing state at 0 when episodes end."""
+    segs = buffer.recent(1000)
+    if not segs:
+        return
+    if center == "auto":
+        center = "absorbing" if buffer.any_terminated else "mean"
+    obs = np.concatenate([s.obs[: s.length] for s in segs])
+    act = np.concatenate([s.actions[: s.length] for s in segs])
+    if len(obs) > 20_000:
+        idx = rng.choice(len(obs), size=20_000, replace=False)
+        obs, act = obs[idx], act[idx]
+    reward.set_normalization(obs, act, center=center)
+
+
+def rollout_metrics(agent: Any, env: LearnedReward | None) -> dict[str, float]:
+    eps = list(agent.ep_info_buffer or [])
+    out = {
+        "rollout/true_return": float(np.mean([e["r"] for e in eps])) if eps else math.nan,
+        "rollout/ep_len": float(np.mean([e["l"] for e in eps])) if eps else math.nan,
+    }
+    if env is not None and env.predicted_returns:
+        out["rollout/predicted_return"] = float(np.mean(env.predicted_returns))
+    return out
+
+
+def evaluate(agent: Any, cfg: TrainConfig) -> dict[str, float]:
+    """Mean true return of ``cfg.eval_episodes`` episodes on a fresh env (deterministic policy)."""
+    if cfg.eval_episodes <= 0:
+        return {}
+    venv = make_eval_env(cfg)
+    returns, lengths = evaluate_policy(agent, venv, n_eval_episodes=cfg.eval_episodes, return_episode_rewards=True)
+    venv.close()
+    return {
+        "eval/true_return": float(np.mean(returns)),
+        "eval/true_return_std": float(np.std(returns)),
+        "eval/ep_len": float(np.mean(lengths)),
+    }
+
+
+def write_segment_scatter(run: RunDir, reward: RewardEnsemble, buffer: SegmentBuffer, n: int = 500) -> None:
+    segs = buffer.recent(n)
+    if not segs:
+        return
+    pred = reward.returns_of(segs).mean(axis=0)  # (B,)
+    true = np.array([s.true_return for s in segs])
+    tmp = run.path / "segments.csv.tmp"
+    np.savetxt(tmp, np.stack([true, pred], axis=1), delimiter=",", header="true_return,predicted_return", comments="")
+    tmp.replace(run.path / "segments.csv")
+
+
+def checkpoint(
+    run: RunDir,
+    agent: Any,
+    reward: RewardEnsemble,
+    trainer: RewardTrainer,
+    buffer: SegmentBuffer,
+    record: RecordSegments,
+    rng: np.random.Generator,
+    state: dict[str, Any],
+) -> None:
+    """Everything needed to resume; ``state.json`` is written last, so a half-written checkpoint is never used."""
+    save_agent(agent, run)
+    torch.save(
+        {"reward": reward.state_dict(), "trainer": trainer.state_dict(), "torch_rng": torch.get_rng_state()},
+        run.ckpt / "reward.pt.tmp",
+    )
+    (run.ckpt / "reward.pt.tmp").replace(run.ckpt / "reward.pt")
+    buffer.save(run.ckpt / "buffer.npz")
+    state = state | {
+        "timesteps": agent.num_timesteps,
+        "rng": rng_state(rng),
+        "next_segment_id": buffer.next_id,
+        "next_episode": record.next_episode,
+    }
+    run.write_state(state)
+
+
+def _restore(run, cfg, agent, env, reward, trainer, buffer, record, log):
+    state = run.read_state()
+    saved = torch.load(run.ckpt / "reward.pt", weights_only=False)
+    reward.load_state_dict(saved["reward"])
+    trainer.load_state_dict(saved["trainer"])
+    torch.set_rng_state(saved["torch_rng"])
+    buffer.load(run.ckpt / "buffer.npz")
+    buffer.next_id = state["next_segment_id"]
+    record.next_episode = state["next_episode"]
+    agent = type(agent).load(run.ckpt / "agent.zip", env=env, device=cfg.agent.device)
+    agent.set_logger(configure(None, []))
+    log.truncate_after(agent.num_timesteps)
+    return agent, state, restore_rng(state["rng"])
+
+
+def chunk_steps(cfg: TrainConfig, agent: Any) -> int:
+    """Steps per chunk, a whole number of rollouts (default ~1/50 of the run)."""
+    rollout = agent.n_steps * agent.n_envs
+    want = cfg.chunk_steps or cfg.total_timesteps // 50
+    return max(rollout, round(want / rollout) * rollout)
+
+
+def save_agent(agent: Any, run: RunDir) -> None:
+    agent.save(run.ckpt / "agent.zip.tmp.zip", exclude=["_update_current_progress_remaining"])
+    (run.ckpt / "agent.zip.tmp.zip").replace(run.ckpt / "agent.zip")
+
+
+def pin_progress(agent: Any, total_timesteps: int) -> None:
+    """SB3 computes schedule progress per ``learn`` call; make it span the whole run instead, so a linear
+    learning-rate schedule decays over ``total_timesteps`` even though we learn in chunks."""
+
+    def update(num_timesteps: int, _chunk_total: int) -> None:
+        agent._current_progress_remaining = max(0.0, 1.0 - num_timesteps / total_timesteps)
+
+    agent._update_current_progress_remaining = update
+
+
+def _label_counts(labels: ComparisonStore) -> dict[str, int]:
+    cs = labels.comparisons()
+    return {
+        "labels/total": len(cs),
+        "labels/ties": sum(c.label == TIE for c in cs),
+        "labels/skipped": sum(c.label == SKIP for c in cs),
+    }
+
+
+def _postfix(row: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for key, name in (("labels/total", "labels"), ("reward/val_acc", "val_acc"), ("rollout/true_return", "return")):
+        v = row.get(key)
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            out[name] = f"{v:.3g}" if isinstance(v, float) else str(v)
+    return out
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """What can be refused before any compute: env id, oracle, sampler/ensemble fit."""
+    resolve_env_id(cfg.env.id)
+    make_oracle(cfg.oracle, seed=0)
+    if cfg.reward_source == "true":
+        return
+    if cfg.labels.sampler == "disagreement" and cfg.reward.members < 2:
+        raise ConfigError("labels.sampler = 'disagreement' needs reward.members ≥ 2; or use 'entropy' or 'uniform'")
+    if cfg.labels.total < 1:
+        raise ConfigError("labels.total must be ≥ 1 to learn a reward; for the RL baseline set reward_source = 'true'")
+
+
+def make_eval_env(cfg: TrainConfig) -> VecEnv:
+    """One env with the true reward, seeded apart from the training envs."""
+    return make_vec_env(type(cfg.env)(**{**cfg.env.__dict__, "n_envs": 1}), seed=cfg.seed + 10_000)

@@ -1,0 +1,166 @@
+"""Building the pieces a run needs from its config: vectorized envs and SB3 agents.
+
+User mistakes (an unknown env id, an unsupported algorithm or space) are caught here, at the
+boundary, with a one-line message, before any compute.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor
+
+from prefrl.config import AgentConfig, ConfigError, EnvConfig
+
+
+def resolve_env_id(env_id: str) -> str:
+    """Import ``module:`` prefixes and optional simulator packages; raise a clear error for unknown ids."""
+    if ":" in env_id:
+        module, env_id = env_id.split(":", 1)
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(
+                f"env.id: cannot import module '{module}' ({e}); is it installed and on PYTHONPATH?"
+            ) from None
+    if env_id.startswith("ALE/"):
+        try:
+            import ale_py
+
+            gym.register_envs(ale_py)
+        except ImportError:
+            raise ConfigError(f"env.id '{env_id}' needs ale-py: pip install 'prefrl[atari]'") from None
+    if env_id.startswith("prefrl/"):
+        importlib.import_module("envs")
+    if env_id not in gym.registry:
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(f"env.id: unknown environment '{env_id}'{hint}")
+    entry = gym.registry[env_id]
+    if "mujoco" in str(entry.entry_point):
+        try:
+            importlib.import_module("mujoco")
+        except ImportError:
+            raise ConfigError(f"env.id '{env_id}' needs MuJoCo: pip install 'prefrl[mujoco]'") from None
+    return env_id
+
+
+def is_atari(env_id: str) -> bool:
+    return env_id.split(":")[-1].startswith("ALE/")
+
+
+def _make_one(cfg: EnvConfig, env_id: str, render_mode: str | None = None) -> gym.Env:
+    kwargs: dict[str, Any] = dict(cfg.kwargs)
+    if cfg.max_episode_steps:
+        kwargs["max_episode_steps"] = cfg.max_episode_steps
+    if render_mode:
+        kwargs["render_mode"] = render_mode
+    env = gym.make(env_id, **kwargs)
+    if isinstance(env.observation_space, gym.spaces.Dict | gym.spaces.Tuple):
+        env = gym.wrappers.FlattenObservation(env)
+    check_spaces(env.observation_space, env.action_space, env_id)
+    return env
+
+
+def check_spaces(obs_space: gym.Space, act_space: gym.Space, env_id: str = "env") -> None:
+    if not isinstance(obs_space, gym.spaces.Box | gym.spaces.Discrete):
+        raise ConfigError(
+            f"{env_id}: observation space {obs_space} is not supported; wrap the env so it emits a Box "
+            "(e.g. gymnasium.wrappers.FlattenObservation)"
+        )
+    ok = gym.spaces.Discrete | gym.spaces.Box | gym.spaces.MultiDiscrete | gym.spaces.MultiBinary
+    if not isinstance(act_space, ok):
+        raise ConfigError(
+            f"{env_id}: action space {act_space} is not supported; use Discrete, Box, MultiDiscrete or MultiBinary"
+        )
+
+
+def make_vec_env(cfg: EnvConfig, *, seed: int, render_mode: str | None = None) -> VecEnv:
+    """``n_envs`` copies of the env, seeded, under a ``VecMonitor`` (so logged returns are the true ones)."""
+    env_id = resolve_env_id(cfg.id)
+    if is_atari(env_id):
+        from stable_baselines3.common.env_util import make_atari_env
+        from stable_baselines3.common.vec_env import VecFrameStack, VecTransposeImage
+
+        venv = make_atari_env(
+            env_id, n_envs=cfg.n_envs, seed=seed, env_kwargs=dict(cfg.kwargs), vec_env_cls=_vec_cls(cfg)
+        )
+        venv = VecTransposeImage(VecFrameStack(venv, n_stack=cfg.frame_stack))
+        return VecMonitor(venv)
+    fns = [lambda: _make_one(cfg, env_id, render_mode) for _ in range(cfg.n_envs)]
+    venv = _vec_cls(cfg)(fns)
+    venv.seed(seed)
+    return VecMonitor(venv)
+
+
+def _vec_cls(cfg: EnvConfig) -> type[VecEnv]:
+    return SubprocVecEnv if cfg.vec_env == "subproc" else DummyVecEnv
+
+
+def env_kind(cfg: EnvConfig) -> str:
+    """``atari``, ``mujoco`` or ``classic`` (anything else)."""
+    env_id = resolve_env_id(cfg.id)
+    if is_atari(env_id):
+        return "atari"
+    return "mujoco" if "mujoco" in str(gym.registry[env_id].entry_point) else "classic"
+
+
+def default_segment_length(cfg: EnvConfig) -> int:
+    """The paper's choices: ~1.5 s of simulated time for MuJoCo, 25 steps Atari, 50 otherwise."""
+    kind = env_kind(cfg)
+    if kind == "atari":
+        return 25
+    if kind == "mujoco":
+        env = gym.make(resolve_env_id(cfg.id), **cfg.kwargs)
+        dt = float(env.unwrapped.dt)
+        env.close()
+        return max(1, round(1.5 / dt))
+    return 50
+
+
+def _schedule(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("lin_"):
+        start = float(value[4:])
+        return lambda progress_remaining: progress_remaining * start
+    return value
+
+
+def make_agent(cfg: AgentConfig, venv: VecEnv, *, seed: int, tensorboard_log: str | None = None) -> Any:
+    """An SB3 on-policy algorithm on ``venv``; off-policy ones are refused (their replay buffers would
+    keep rewards from stale reward models)."""
+    import stable_baselines3 as sb3
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+    algo_cls = getattr(sb3, cfg.algo, None)
+    if algo_cls is None:
+        try:
+            import sb3_contrib
+
+            algo_cls = getattr(sb3_contrib, cfg.algo, None)
+        except ImportError:
+            pass
+    if algo_cls is None:
+        known = ["PPO", "A2C"]
+        close = difflib.get_close_matches(cfg.algo, [*known, "SAC", "TD3", "DQN", "DDPG"], n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; use one of {', '.join(known)}"
+        raise ConfigError(f"agent.algo: unknown algorithm '{cfg.algo}'{hint}")
+    if not issubclass(algo_cls, OnPolicyAlgorithm):
+        raise ConfigError(
+            f"agent.algo: {cfg.algo} is off-policy; its replay buffer would keep rewards from stale reward models. "
+            "Use an on-policy algorithm (PPO, A2C)"
+        )
+    policy = cfg.policy
+    if policy == "auto":
+        shape = venv.observation_space.shape or ()
+        policy = "CnnPolicy" if len(shape) == 3 and venv.observation_space.dtype == np.uint8 else "MlpPolicy"
+    kwargs = {k: _schedule(v) for k, v in cfg.kwargs.items()}
+    try:
+        return algo_cls(
+            policy, venv, seed=seed, device=cfg.device, verbose=0, tensorboard_log=tensorboard_log, **kwargs
+        )
+    except TypeError as e:
+        raise ConfigError(f"agent.kwargs: {cfg.algo} rejected the hyperparameters ({e})") from None

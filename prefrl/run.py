@@ -1,0 +1,144 @@
+"""A run directory: resolved config, metrics, labels, checkpoints and plots, in one place.
+
+```
+RUN/
+  config.toml        the resolved config (every knob, after the file and --set overrides)
+  metrics.csv        one row per training chunk, namespaced keys (reward/val_acc, labels/total, ...)
+  segments.csv       true vs predicted return of recent segments, at the last fit
+  labels.sqlite      every comparison and the segments it compares, committed as answered
+  checkpoint/        agent.zip, reward.pt, buffer.npz, state.json (written last: the commit marker)
+  tb/                TensorBoard events, when tensorboard is installed
+  plots/             PNGs
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prefrl.config import TrainConfig, from_dict, save_config
+
+
+class MetricsLog:
+    """CSV always (the header grows when new keys appear); TensorBoard when installed."""
+
+    def __init__(self, path: Path, tb_dir: Path | None = None) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if path.exists():
+            with path.open() as f:
+                self.rows = list(csv.DictReader(f))
+        self.keys: list[str] = list(self.rows[0].keys()) if self.rows else []
+        self._tb = None
+        if tb_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(tb_dir))
+            except ImportError:
+                self._tb = None
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        row = {k: v for k, v in metrics.items() if v is not None}
+        new = [k for k in row if k not in self.keys]
+        self.rows.append(row)
+        if new:
+            self.keys.extend(new)
+            self._rewrite()
+        else:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.keys).writerow(row)
+        if self._tb is not None:
+            step = int(row.get("timesteps", len(self.rows)))
+            for k, v in row.items():
+                if isinstance(v, int | float) and math.isfinite(v) and k != "timesteps":
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+
+    def truncate_after(self, timesteps: int) -> None:
+        """Drop rows logged after the checkpoint a resumed run restarts from."""
+        self.rows = [r for r in self.rows if int(float(r.get("timesteps", 0) or 0)) <= timesteps]
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.keys)
+            w.writeheader()
+            w.writerows(self.rows)
+        tmp.replace(self.path)
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "checkpoint").mkdir(exist_ok=True)
+
+    config_path = property(lambda self: self.path / "config.toml")
+    labels_path = property(lambda self: self.path / "labels.sqlite")
+    metrics_path = property(lambda self: self.path / "metrics.csv")
+    ckpt = property(lambda self: self.path / "checkpoint")
+    plots = property(lambda self: self.path / "plots")
+
+    def save_config(self, cfg: TrainConfig) -> None:
+        save_config(cfg, self.config_path)
+
+    def load_config(self) -> TrainConfig:
+        import tomllib
+
+        if not self.config_path.exists():
+            raise FileNotFoundError(f"{self.path} is not a run directory (no config.toml); pass the directory of a run")
+        return from_dict(tomllib.loads(self.config_path.read_text()))
+
+    def metrics(self) -> MetricsLog:
+        tb = self.path / "tb"
+        return MetricsLog(self.metrics_path, tb if _has_tensorboard() else None)
+
+    def has_checkpoint(self) -> bool:
+        return (self.ckpt / "state.json").exists()
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        tmp = self.ckpt / "state.json.tmp"
+        with tmp.open("w") as f:
+            json.dump(state, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.ckpt / "state.json")
+
+    def read_state(self) -> dict[str, Any]:
+        return json.loads((self.ckpt / "state.json").read_text())
+
+
+def _has_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    return rng.bit_generator.state
+
+
+def restore_rng(state: dict[str, Any]) -> np.random.Generator:
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state
+    return rng
+
+
+class Stopwatch:
+    def __init__(self, offset: float = 0.0) -> None:
+        self.start = time.perf_counter() - offset
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.start

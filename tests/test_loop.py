@@ -1,0 +1,114 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import prefrl.loop as loop
+from prefrl.cli import main
+from prefrl.config import load_config
+from prefrl.data import ComparisonStore, DataError
+from prefrl.run import RunDir
+
+TINY = [
+    "total_timesteps=6144",
+    "labels.total=24",
+    "eval_episodes=3",
+    "baseline=false",
+    "chunk_steps=1024",
+    "segments.length=20",
+    "reward.initial_epochs=20",
+]
+
+
+def test_tiny_cartpole_run_beats_a_random_policy(tmp_path):
+    cfg = load_config(None, ["total_timesteps=40000", "labels.total=60", "baseline=false", "eval_episodes=10"])
+    run = RunDir(tmp_path / "run")
+    result = loop.train(cfg, run, progress=False)
+    random_return = 22.0  # a uniformly random CartPole policy survives ~22 steps
+    assert result.true_return > 3 * random_return
+    assert result.labels == 60
+    rows = run.metrics().rows
+    assert float(rows[-2]["reward/val_acc"]) > 0.6  # the last row is the final evaluation
+    assert (run.path / "segments.csv").exists() and (run.ckpt / "state.json").exists()
+
+
+def test_killed_run_resumes_with_every_label_it_paid_for(tmp_path, monkeypatch):
+    cfg = load_config(None, TINY)
+    run = RunDir(tmp_path / "run")
+    real_checkpoint = loop.checkpoint
+    calls = {"n": 0}
+
+    def crash_after_two(*args, **kwargs):
+        real_checkpoint(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed right after the third checkpoint
+
+    monkeypatch.setattr(loop, "checkpoint", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, run, progress=False)
+    before = {c.query_id: c for c in ComparisonStore(run.labels_path).comparisons()}
+    assert 0 < len(before) < 24
+    stopped_at = run.read_state()["timesteps"]
+    assert 0 < stopped_at < cfg.total_timesteps
+
+    monkeypatch.setattr(loop, "checkpoint", real_checkpoint)
+    result = loop.train(run.load_config(), run, progress=False)
+    after = {c.query_id: c for c in ComparisonStore(run.labels_path).comparisons()}
+    assert set(before) <= set(after)
+    assert all(after[q] == before[q] for q in before)
+    assert len(after) == 24 and result.labels == 24
+    steps = [int(r["timesteps"]) for r in run.metrics().rows[:-1]]
+    assert steps == sorted(set(steps)) and steps[-1] >= cfg.total_timesteps
+
+
+def test_true_reward_baseline_and_cli_plots(tmp_path, capsys):
+    sets = [arg for s in [*TINY, "baseline=true"] for arg in ("--set", s)]
+    rc = main(["train", "--run-dir", str(tmp_path / "q"), "--no-progress", *sets])
+    assert rc == 0
+    assert (tmp_path / "q" / "baseline" / "metrics.csv").exists()
+    for name in ("comparison.png", "returns.png", "labels.png", "segments.png"):
+        assert (tmp_path / "q" / "plots" / name).stat().st_size > 5000
+    assert main(["eval", str(tmp_path / "q"), "--episodes", "2"]) == 0
+    assert "true return" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "env.id=CartPol-v1"], "unknown environment 'CartPol-v1'; did you mean 'CartPole-v1'"),
+        (["--set", "labels.totl=3"], "did you mean 'labels.total'"),
+        (["--set", "agent.algo=SAC"], "SAC is off-policy"),
+        (["--set", "agent.algo=PPOO"], "did you mean 'PPO'"),
+        (["--set", "reward.lr=-1"], "reward.lr = -1.0 must be positive"),
+        (["--set", "reward.members=1"], "needs reward.members ≥ 2"),
+        (["--set", "agent.kwargs={n_stepz = 3}"], "rejected the hyperparameters"),
+    ],
+)
+def test_bad_input_one_line_and_exit_2(tmp_path, capsys, args, message):
+    assert main(["train", "--run-dir", str(tmp_path / "r"), "--no-progress", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("prefrl: error:")
+
+
+def test_resume_of_a_non_run_is_refused(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+class NanRewardEnv(gym.Env):
+    observation_space = gym.spaces.Box(-1, 1, (2,))
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, dtype=np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, dtype=np.float32), float("nan"), False, False, {}
+
+
+def test_nan_rewards_are_refused_before_training(tmp_path):
+    gym.register("NanReward-v0", entry_point=NanRewardEnv, max_episode_steps=100)
+    cfg = load_config(None, [*TINY, "env.id=NanReward-v0"])
+    with pytest.raises(DataError, match="NaN or inf"):
+        loop.train(cfg, RunDir(tmp_path / "r"), progress=False)
