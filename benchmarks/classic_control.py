@@ -202,6 +202,8 @@ def main() -> None:
                 for n in args.labels
                 for s in args.samplers
             ]
+    # Seed 0 of every setting first, and the ≤ 200-label settings the goal is about before 50 and 500.
+    jobs.sort(key=lambda j: (j["seed"], j.get("labels", 0) not in (0, 100, 200), j["env"]))
     for job in jobs:
         job.update(experiment=EXPERIMENTS[job["env"]], runs=str(args.runs), timesteps=args.timesteps)
     args.runs.mkdir(parents=True, exist_ok=True)

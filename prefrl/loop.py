@@ -211,6 +211,7 @@ def ask(
             k=cfg.labels.k,
             sampler=cfg.labels.sampler,
             candidates=cfg.labels.candidates,
+            ends_share=cfg.labels.ends_share,
             ensemble=reward if len(labels) > 0 else None,
             rng=rng,
         )

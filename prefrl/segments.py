@@ -184,13 +184,32 @@ def collect_random(record: RecordSegments, *, min_segments: int, max_steps: int,
 # Query selection
 
 
-def _candidate_tuples(n_segments: int, m: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """``(m, k)`` indices into the buffer, distinct within each row."""
+def _candidate_tuples(
+    segments: Sequence[Segment], m: int, k: int, ends_share: float, rng: np.random.Generator
+) -> np.ndarray:
+    """``(m, k)`` indices into ``segments``, distinct within each row, in random order.
+
+    When some segments contain an episode's end (a termination), ``ends_share`` of the rows include one of
+    them. In tasks that pay the same every step (CartPole, Acrobot, MountainCar) where an episode ends is all
+    there is to learn, and a random policy may end only a handful of episodes in thousands of steps: uniform
+    pairs would then be ties almost always. Whether an episode ended is known to the learner (the env says
+    ``done``), not only to the oracle, so this uses no knowledge of the true reward.
+    """
+    n = len(segments)
     if k == 2:
-        a = rng.integers(n_segments, size=m)
-        b = (a + rng.integers(1, n_segments, size=m)) % n_segments
-        return np.stack([a, b], axis=1)
-    return np.stack([rng.choice(n_segments, size=k, replace=False) for _ in range(m)])
+        a = rng.integers(n, size=m)
+        b = (a + rng.integers(1, n, size=m)) % n
+        rows = np.stack([a, b], axis=1)
+    else:
+        rows = np.stack([rng.choice(n, size=k, replace=False) for _ in range(m)])
+    ended = np.flatnonzero([s.terminated for s in segments])
+    if 0 < len(ended) < n and ends_share > 0:
+        m_end = round(m * ends_share)
+        first = ended[rng.integers(len(ended), size=m_end)]
+        clash = np.any(rows[:m_end, 1:] == first[:, None], axis=1)
+        rows[:m_end, 0] = np.where(clash, rows[:m_end, 0], first)
+        rows = rng.permuted(rows, axis=1)
+    return rows
 
 
 def select_queries(
@@ -200,20 +219,22 @@ def select_queries(
     k: int = 2,
     sampler: str = "disagreement",
     candidates: int = 10,
+    ends_share: float = 0.5,
     ensemble: Any = None,
     rng: np.random.Generator,
 ) -> tuple[list[Query], dict[str, float]]:
     """Choose ``n`` queries of ``k`` segments: ``uniform``; ``disagreement`` (highest variance across ensemble
     members of the predicted preference, among ``candidates × n`` random tuples); ``entropy`` (most uncertain
-    mean prediction). Returns the queries and metrics."""
+    mean prediction). ``ends_share`` of the candidates include a segment where an episode ended (see
+    :func:`_candidate_tuples`). Returns the queries and metrics."""
     if n <= 0:
         return [], {}
     if len(segments) < k:
         raise RuntimeError(f"only {len(segments)} segments recorded; need at least {k} to ask a query")
     if sampler == "uniform" or ensemble is None:
-        rows = _candidate_tuples(len(segments), n, k, rng)
+        rows = _candidate_tuples(segments, n, k, ends_share, rng)
         return [Query(tuple(segments[j] for j in row)) for row in rows], {}
-    rows = _candidate_tuples(len(segments), n * candidates, k, rng)  # (m, k)
+    rows = _candidate_tuples(segments, n * candidates, k, ends_share, rng)  # (m, k)
     used = np.unique(rows)
     returns = ensemble.returns_of([segments[j] for j in used])  # (K, U) raw returns: the loss's logits
     col = np.searchsorted(used, rows)  # (m, k) columns into returns

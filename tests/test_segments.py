@@ -127,3 +127,31 @@ def test_label_schedule():
     assert due == sorted(due)
     gains = np.diff(due)
     assert gains[0] > gains[-1] * 3  # rate ∝ t0/(T+t0): early labels come faster
+
+
+def test_rare_episode_ends_still_reach_the_oracle():
+    """Acrobot-like: a random policy ends an episode in ~1 % of segments; queries must include those ends."""
+    from prefrl.data import Segment
+
+    def seg(i: int, ended: bool) -> Segment:
+        length = 10 if ended else 50
+        return Segment(
+            id=i,
+            obs=np.zeros((50, 2), np.float32),
+            actions=np.zeros(50, np.int64),
+            true_rewards=np.r_[-np.ones(length), np.zeros(50 - length)].astype(np.float32),
+            length=length,
+            terminated=ended,
+            env_id="x",
+        )
+
+    segs = [seg(i, ended=i % 100 == 0) for i in range(1000)]
+    rng = np.random.default_rng(0)
+    for sampler in ("uniform", "disagreement"):
+        queries, _ = select_queries(segs, n=200, sampler=sampler, ensemble=FakeEnsemble(), rng=rng, ends_share=0.5)
+        share = np.mean([any(s.terminated for s in q.segments) for q in queries])
+        assert share > 0.3, sampler
+        firsts = np.mean([q.segments[0].terminated for q in queries])
+        assert 0.1 < firsts < 0.9  # the ended segment is not always shown first (left)
+    plain, _ = select_queries(segs, n=200, sampler="uniform", rng=rng, ends_share=0.0)
+    assert np.mean([any(s.terminated for s in q.segments) for q in plain]) < 0.1
