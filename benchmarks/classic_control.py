@@ -25,7 +25,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-EXPERIMENTS = {"CartPole-v1": "cartpole.toml", "Pendulum-v1": "pendulum.toml", "Acrobot-v1": "acrobot.toml"}
+EXPERIMENTS = {"Pendulum-v1": "pendulum.toml", "Acrobot-v1": "acrobot.toml", "CartPole-v1": "cartpole.toml"}
 COLUMNS = ["env", "method", "sampler", "labels", "seed", "timesteps", "true_return", "true_return_std", "wall_s"]
 
 
@@ -203,7 +203,7 @@ def main() -> None:
                 for s in args.samplers
             ]
     # Seed 0 of every setting first, and the ≤ 200-label settings the goal is about before 50 and 500.
-    jobs.sort(key=lambda j: (j["seed"], j.get("labels", 0) not in (0, 100, 200), j["env"]))
+    jobs.sort(key=lambda j: (j["seed"], j.get("labels", 0) not in (0, 100, 200), args.envs.index(j["env"])))
     for job in jobs:
         job.update(experiment=EXPERIMENTS[job["env"]], runs=str(args.runs), timesteps=args.timesteps)
     args.runs.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,8 @@ class Result:
 
 def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progress: bool = True) -> Result:
     """Learn ``cfg.env`` from preferences (or from its true reward when ``cfg.reward_source == "true"``)."""
+    if run.finished():
+        return Result(run, **run.read_final())
     resuming = run.has_checkpoint()
     if not resuming:
         run.save_config(cfg)
@@ -53,7 +56,8 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
     torch.manual_seed(cfg.seed)
     T = cfg.segments.length or default_segment_length(cfg.env)
     buffer = SegmentBuffer(cfg.segments.buffer_size)
-    record = RecordSegments(make_vec_env(cfg.env, seed=cfg.seed), length=T, buffer=buffer, env_id=cfg.env.id)
+    venv = make_vec_env(cfg.env, seed=cfg.seed)
+    record = RecordSegments(venv, length=T, buffer=buffer, env_id=cfg.env.id, state_fn=clip_state_fn(cfg))
     reward = RewardEnsemble(
         record.observation_space,
         record.action_space,
@@ -78,7 +82,7 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
     agent = make_agent(cfg.agent, env, seed=cfg.seed)
     agent.set_logger(configure(None, []))
     labels = ComparisonStore(run.labels_path)
-    oracle = oracle if oracle is not None else make_oracle(cfg.oracle, seed=cfg.seed)
+    oracle = oracle if oracle is not None else make_oracle(cfg.oracle, seed=cfg.seed, labels_path=run.labels_path)
     schedule = LabelSchedule(
         total=cfg.labels.total,
         initial_fraction=cfg.labels.initial_fraction,
@@ -108,8 +112,9 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
     # 1. Before RL: label segments of a random policy, fit the reward to them.
     if not state.get("pretrained"):
         n0 = schedule.due(0)
+        # Plenty of candidates: where a random policy rarely ends an episode (Acrobot), a few ends must be in there.
         state["random_steps"] = collect_random(
-            record, min_segments=max(4 * cfg.labels.k * n0, 100), max_steps=50 * max(4 * n0, 100) * T, rng=rng
+            record, min_segments=max(10 * cfg.labels.k * n0, 200), max_steps=20 * max(10 * n0, 200) * T, rng=rng
         )
         metrics = ask_and_fit(n0, cfg.reward.initial_epochs)
         state["pretrained"] = True
@@ -141,7 +146,7 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
     log.log({"timesteps": agent.num_timesteps, "wall_s": clock(), **counts, **final})
     labels.close()
     env.close()
-    return Result(run, agent.num_timesteps, final.get("eval/true_return", math.nan), counts["labels/total"])
+    return finish(run, agent.num_timesteps, final, counts["labels/total"])
 
 
 def train_true_reward(cfg: TrainConfig, run: RunDir, *, progress: bool = True) -> Result:
@@ -173,23 +178,47 @@ def train_true_reward(cfg: TrainConfig, run: RunDir, *, progress: bool = True) -
     final = evaluate(agent, cfg)
     log.log({"timesteps": agent.num_timesteps, "wall_s": clock(), **final})
     venv.close()
-    return Result(run, agent.num_timesteps, final.get("eval/true_return", math.nan), 0)
+    return finish(run, agent.num_timesteps, final, 0)
+
+
+def finish(run: RunDir, timesteps: int, final: dict[str, float], labels: int) -> Result:
+    """Record the outcome; running a finished run again returns it instead of evaluating again."""
+    result = {"timesteps": timesteps, "true_return": final.get("eval/true_return", math.nan), "labels": labels}
+    run.write_final(result)
+    return Result(run, **result)
 
 
 # ------------------------------------------------------------------------------------------------
 # The stages' helpers, one job each.
 
 
-def make_oracle(cfg: OracleConfig, *, seed: int) -> Oracle:
+def make_oracle(cfg: OracleConfig, *, seed: int, labels_path: Path | None = None) -> Oracle:
+    """The oracle ``cfg`` names. ``human`` queues questions in the label store at ``labels_path`` for the web
+    labeler (``prefrl label RUN``); without a path its queue is in memory, which only checks that it can be built."""
+    if cfg.kind == "human":
+        from prefrl.labeler import require_labeler
+        from prefrl.oracles import HumanOracle
+
+        require_labeler()
+        return HumanOracle(labels_path if labels_path is not None else "sqlite://")
     if cfg.kind != "synthetic":
         raise ConfigError(
             f"oracle.kind = '{cfg.kind}' is not available in `prefrl train` yet; use 'synthetic' "
-            "(comparisons of true returns)"
+            "(comparisons of true returns) or 'human' (the web labeler)"
         )
     knobs = {k: getattr(cfg, k) for k in cfg.overrides if k in TEACHER_KNOBS}
     if knobs.get("skip_threshold") == -math.inf:
         knobs["skip_threshold"] = None
     return make_teacher(cfg.teacher, seed=seed, **knobs)
+
+
+def clip_state_fn(cfg: TrainConfig) -> Any:
+    """People watch clips of queried segments: keep the simulator state of every step to render them later."""
+    if cfg.oracle.kind != "human":
+        return None
+    from prefrl.clips import state_fn_for
+
+    return state_fn_for(cfg.env.id)
 
 
 def ask(

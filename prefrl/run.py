@@ -117,6 +117,17 @@ class RunDir:
     def read_state(self) -> dict[str, Any]:
         return json.loads((self.ckpt / "state.json").read_text())
 
+    def finished(self) -> bool:
+        return (self.ckpt / "final.json").exists()
+
+    def write_final(self, result: dict[str, Any]) -> None:
+        tmp = self.ckpt / "final.json.tmp"
+        tmp.write_text(json.dumps(result))
+        tmp.replace(self.ckpt / "final.json")
+
+    def read_final(self) -> dict[str, Any]:
+        return json.loads((self.ckpt / "final.json").read_text())
+
 
 def _has_tensorboard() -> bool:
     try:

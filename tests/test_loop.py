@@ -112,3 +112,52 @@ def test_nan_rewards_are_refused_before_training(tmp_path):
     cfg = load_config(None, [*TINY, "env.id=NanReward-v0"])
     with pytest.raises(DataError, match="NaN or inf"):
         loop.train(cfg, RunDir(tmp_path / "r"), progress=False)
+
+
+class DictObsEnv(gym.Env):
+    observation_space = gym.spaces.Dict({"pos": gym.spaces.Box(-1, 1, (2,)), "vel": gym.spaces.Box(-1, 1, (1,))})
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self.observation_space.sample(), float(action), self.t >= 30, False, {}
+
+
+class TupleActionEnv(DictObsEnv):
+    observation_space = gym.spaces.Box(-1, 1, (2,))
+    action_space = gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.Discrete(3)))
+
+
+def test_a2c_trains_on_dict_observations_flattened(tmp_path):
+    gym.register("DictObs-v0", entry_point=DictObsEnv)
+    cfg = load_config(None, [*TINY, "env.id=DictObs-v0", "agent.algo=A2C", "agent.kwargs={}", "total_timesteps=3000"])
+    run = RunDir(tmp_path / "r")
+    result = loop.train(cfg, run, progress=False)
+    assert result.timesteps >= 3000 and result.labels == 24
+    stored = ComparisonStore(run.labels_path)
+    ids = stored.comparisons()[0].segment_ids
+    assert stored.segments(ids)[ids[0]].obs.shape == (20, 3)  # Dict(pos: 2, vel: 1) flattened to 3
+
+
+def test_unsupported_action_space_is_refused(tmp_path, capsys):
+    gym.register("TupleAction-v0", entry_point=TupleActionEnv)
+    assert (
+        main(["train", "--run-dir", str(tmp_path / "r"), "--set", "env.id=TupleAction-v0", "--set", "baseline=false"])
+        == 2
+    )
+    assert "action space Tuple" in capsys.readouterr().err
+
+
+def test_a_finished_run_is_not_trained_or_evaluated_again(tmp_path, monkeypatch):
+    cfg = load_config(None, [*TINY, "reward_source='true'", "total_timesteps=2048"])
+    run = RunDir(tmp_path / "r")
+    first = loop.train(cfg, run, progress=False)
+    rows = len(run.metrics().rows)
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: pytest.fail("evaluated a finished run again"))
+    again = loop.train(cfg, run, progress=False)
+    assert again == first and len(run.metrics().rows) == rows
