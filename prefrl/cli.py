@@ -1,4 +1,4 @@
-"""``prefrl train | eval | plot``: the command line.
+"""``prefrl train | label | eval | plot``: the command line.
 
 Every user mistake ends in one line on stderr naming the problem and the fix, and exit status 2.
 """
@@ -10,6 +10,7 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from prefrl.config import ConfigError, load_config
 from prefrl.data import DataError
@@ -26,6 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", type=Path, help="where to write the run (default: runs/NAME-TIME)")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue a run from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--oracle", choices=["synthetic", "human"], help="who answers (same as --set oracle.kind=...)")
+    p.add_argument(
+        "--simulate-labeler",
+        action="store_true",
+        help="--oracle human, answered over the labeler's HTTP API by the configured synthetic teacher",
+    )
+    _serve_args(p)
+
+    p = sub.add_parser("label", help="serve the web labeler for a run (people compare clips in a browser)")
+    p.add_argument("run", type=Path, help="the run directory (its labels.sqlite holds the queue)")
+    _serve_args(p)
 
     p = sub.add_parser("eval", help="evaluate a run's policy on the true reward")
     p.add_argument("run", type=Path)
@@ -36,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        return {"train": _train, "eval": _eval, "plot": _plot}[args.command](args)
+        return {"train": _train, "label": _label, "eval": _eval, "plot": _plot}[args.command](args)
     except (ConfigError, DataError, FileNotFoundError, FloatingPointError) as e:
         print(f"prefrl: error: {e}", file=sys.stderr)
         return 2
@@ -50,16 +62,23 @@ def _train(args: argparse.Namespace) -> int:
     from prefrl.plots import plot_comparison, plot_run
     from prefrl.run import RunDir
 
+    if args.simulate_labeler:
+        args.oracle = "human"
     if args.resume is not None:
         if args.experiment or args.overrides:
             raise ConfigError("--resume takes the run's saved config; drop the experiment file and --set")
         run = RunDir(args.resume)
         cfg = run.load_config()
+        if args.oracle and args.oracle != cfg.oracle.kind:
+            raise ConfigError(f"--oracle {args.oracle}: the run was started with oracle.kind = '{cfg.oracle.kind}'")
     else:
-        cfg = load_config(args.experiment, args.overrides)
+        overrides = args.overrides + ([f"oracle.kind={args.oracle}"] if args.oracle else [])
+        cfg = load_config(args.experiment, overrides)
         run = RunDir(args.run_dir or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     check_config(cfg)
     print(f"prefrl: run directory {run.path}", file=sys.stderr)
+    if cfg.oracle.kind == "human" and cfg.reward_source == "learned":
+        return _train_with_labeler(args, cfg, run)
     runs: dict[str, Path] = {}
     if cfg.baseline and cfg.reward_source == "learned":
         base_cfg = dataclasses.replace(cfg, reward_source="true", baseline=False, name=f"{cfg.name}-true-reward")
@@ -75,6 +94,99 @@ def _train(args: argparse.Namespace) -> int:
     print(f"prefrl: {label}: eval return {result.true_return:.1f} after {result.timesteps} steps", file=sys.stderr)
     for path in plots:
         print(f"prefrl: wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("web labeler")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on; any but loopback needs a token")
+    g.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
+    g.add_argument("--token", help="access token (generated when listening beyond loopback)")
+    g.add_argument("--clip-fps", type=int, default=0, help="clip frames per second (0: the env's own)")
+    g.add_argument("--clip-size", type=int, default=256, help="longer side of a clip in pixels")
+    g.add_argument("--render-workers", type=int, default=1, help="threads rendering clips ahead of the labelers")
+
+
+def _labeler(args: argparse.Namespace, run_path: Path, cfg) -> Any:
+    from prefrl.labeler import LabelerServer
+
+    if args.clip_size < 16 or args.clip_size > 2048 or args.clip_fps < 0 or args.render_workers < 1:
+        raise ConfigError("--clip-size must be 16..2048, --clip-fps ≥ 0 and --render-workers ≥ 1")
+    try:
+        return LabelerServer(
+            run_path / "labels.sqlite",
+            clip_dir=run_path / "clips",
+            host=args.host,
+            port=args.port,
+            task=cfg.task,
+            token=args.token,
+            env_kwargs=dict(cfg.env.kwargs),
+            clip_fps=args.clip_fps,
+            clip_size=args.clip_size,
+            render_workers=args.render_workers,
+        )
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); pick another --port") from None
+
+
+def _announce(server: Any) -> None:
+    print(f"prefrl: labeler at {server.url}", file=sys.stderr, flush=True)
+    if server.token:
+        print("prefrl: the token in that URL is required from every labeler; share it only with them", file=sys.stderr)
+
+
+def _label(args: argparse.Namespace) -> int:
+    from prefrl.config import TrainConfig
+    from prefrl.run import RunDir
+
+    run = RunDir(args.run)
+    if not run.labels_path.exists():
+        raise FileNotFoundError(f"{run.path}: no labels.sqlite; start the run with `prefrl train EXP --oracle human`")
+    cfg = run.load_config() if (run.path / "config.toml").exists() else TrainConfig()
+    server = _labeler(args, run.path, cfg)
+    _announce(server)
+    try:
+        server.run()
+    finally:
+        server.clips.close()
+    return 0
+
+
+def _train_with_labeler(args: argparse.Namespace, cfg, run) -> int:
+    """Train while people (or, with --simulate-labeler, a synthetic teacher over HTTP) answer in the labeler."""
+    import dataclasses as dc
+    import threading
+
+    from prefrl.loop import clip_state_fn, make_oracle, train
+    from prefrl.oracles import HumanOracle
+    from prefrl.plots import plot_run
+
+    clip_state_fn(cfg)  # refuses environments whose clips cannot be rendered, before any compute
+    server = _labeler(args, run.path, cfg).start()
+    _announce(server)
+    stop, helper = threading.Event(), None
+    if args.simulate_labeler:
+        from prefrl.labeler import simulate_labeler
+
+        teacher = make_oracle(dc.replace(cfg.oracle, kind="synthetic"), seed=cfg.seed)
+        helper = threading.Thread(
+            target=simulate_labeler,
+            args=(server.api, server.queue, teacher),
+            kwargs={"stop": stop, "token": server.token, "name": f"simulated-{cfg.oracle.teacher}"},
+            daemon=True,
+        )
+        helper.start()
+    try:
+        result = train(cfg, run, oracle=HumanOracle(server.queue), progress=not args.no_progress)
+    finally:
+        stop.set()
+        if helper is not None:
+            helper.join(timeout=10)
+        server.stop()
+    for path in plot_run(run.path):
+        print(f"prefrl: wrote {path}", file=sys.stderr)
+    summary = f"eval return {result.true_return:.1f} after {result.timesteps} steps, {result.labels} labels"
+    print(f"prefrl: {summary}", file=sys.stderr)
     return 0
 
 

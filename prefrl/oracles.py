@@ -8,7 +8,8 @@ care which. :func:`ask` is the synchronous shortcut: submit, then wait for every
 :class:`SyntheticOracle` is the simulated teacher of B-Pref (Lee et al. 2021) with its five knobs
 (rationality ``beta``, myopia ``gamma``, mistakes ``epsilon``, skipping and tie thresholds), on
 pairs and on best-of-k queries. :data:`TEACHERS` names B-Pref's teachers; :func:`make_teacher`
-builds one. :class:`ReplayOracle` answers from comparisons recorded earlier.
+builds one. :class:`ReplayOracle` answers from comparisons recorded earlier; :class:`HumanOracle` asks
+people through the web labeler.
 """
 
 from __future__ import annotations
@@ -280,3 +281,51 @@ class ReplayOracle(_ReadyAnswers):
             label = old if old in (TIE, SKIP) else ids.index(recorded.segment_ids[old])
             labeler = recorded.labeler
         return Comparison(segment_ids=ids, label=label, source="replay", labeler=labeler, query_id=query.id)
+
+
+class HumanOracle:
+    """People answering in the web labeler (:mod:`prefrl.labeler`): questions go to its queue, answers come back.
+
+    ``submit`` queues the questions (and the segments they show) in the label store, committed at once;
+    people answer through the labeler's HTTP API, which commits each answer as a comparison; ``collect``
+    picks up the answers to this oracle's questions. Questions left unanswered by an earlier process on the
+    same store count as submitted, so a resumed run waits for them too.
+
+    Args:
+        queue: a :class:`prefrl.labeler.store.LabelQueue` (or its SQLAlchemy URL / SQLite path).
+        poll_s: how often ``collect`` looks for new answers while it waits.
+    """
+
+    def __init__(self, queue: Any, *, poll_s: float = 0.2) -> None:
+        from prefrl.labeler.store import LabelQueue
+
+        self.queue = queue if isinstance(queue, LabelQueue) else LabelQueue(queue)
+        self.poll_s = poll_s
+        self._waiting: set[str] = set(self.queue.open_query_ids())
+        self._seq = 0
+        self._closed = False
+
+    def submit(self, queries: Sequence[Query]) -> None:
+        if self._closed:
+            raise RuntimeError("HumanOracle is closed; create a new oracle to ask more questions")
+        self.queue.add_queries(queries)
+        self._waiting |= {q.id for q in queries}
+
+    def collect(self, timeout: float | None = 0.0) -> list[Comparison]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            out = []
+            for seq, c in self.queue.answers_since(self._seq):
+                self._seq = seq
+                if c.query_id in self._waiting:
+                    self._waiting.discard(c.query_id)
+                    out.append(c)
+            if out or not self._waiting or (deadline is not None and time.monotonic() >= deadline):
+                return out
+            time.sleep(self.poll_s if deadline is None else max(0.0, min(self.poll_s, deadline - time.monotonic())))
+
+    def pending(self) -> int:
+        return len(self._waiting)
+
+    def close(self) -> None:
+        self._closed = True

@@ -1,0 +1,156 @@
+"""The web labeler: people compare clips of the agent in a browser while it trains.
+
+``prefrl label RUN`` serves a run's queue; ``prefrl train EXP --oracle human`` serves it beside training.
+:class:`LabelerServer` runs the app (uvicorn) in the foreground or in a background thread;
+:func:`simulate_labeler` answers through the real HTTP API with a synthetic teacher.
+
+Needs the ``labeler`` extra: ``pip install 'prefrl[labeler]'``.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prefrl.config import ConfigError
+
+
+def require_labeler() -> None:
+    """Refuse, with the install command, when the ``labeler`` extra is missing."""
+    try:
+        import av  # noqa: F401
+        import fastapi  # noqa: F401
+        import sqlalchemy  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"the web labeler needs {e.name}: pip install 'prefrl[labeler]'") from None
+
+
+class LabelerServer:
+    """The labeler for the label store at ``db`` (a SQLite path or SQLAlchemy URL), clips kept in ``clip_dir``.
+
+    Args:
+        host, port: where to listen (port 0 picks a free one). Any host but loopback requires ``token``,
+            generated when not given.
+        task: what labelers should reward, shown on the page.
+        env_kwargs, clip_fps, clip_size, render_workers: clip rendering (see :class:`prefrl.clips.ClipCache`).
+    """
+
+    def __init__(
+        self,
+        db: str | Path,
+        *,
+        clip_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        task: str = "",
+        token: str | None = None,
+        env_kwargs: dict[str, Any] | None = None,
+        clip_fps: int = 0,
+        clip_size: int = 256,
+        render_workers: int = 1,
+        lease_s: float = 120.0,
+    ) -> None:
+        require_labeler()
+        import uvicorn
+
+        from prefrl.clips import ClipCache
+        from prefrl.labeler.server import create_app, is_loopback, new_token
+        from prefrl.labeler.store import LabelQueue
+
+        if token is None and not is_loopback(host):
+            token = new_token()
+        self.token = token
+        self.host = host
+        self.queue = LabelQueue(db, lease_s=lease_s)
+        self.clips = ClipCache(
+            clip_dir,
+            load=self.queue.segment,
+            env_kwargs=env_kwargs,
+            fps=clip_fps,
+            size=clip_size,
+            workers=render_workers,
+        )
+        self.app = create_app(self.queue, self.clips, task=task, token=token)
+        self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self.port = self._sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        base = f"http://{host}:{self.port}"
+        return base + (f"/?token={self.token}" if self.token else "/")
+
+    @property
+    def api(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def run(self) -> None:
+        """Serve in this thread until interrupted."""
+        self.server.run(sockets=[self._sock])
+
+    def start(self) -> LabelerServer:
+        """Serve in a background thread; returns once it accepts connections."""
+        self._thread = threading.Thread(target=self.run, name="labeler", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the labeler server did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.clips.close()
+        self.queue.close()
+
+
+def simulate_labeler(
+    api: str,
+    queue: Any,
+    teacher: Any,
+    *,
+    stop: threading.Event,
+    token: str | None = None,
+    name: str = "simulated",
+    idle_s: float = 0.2,
+) -> int:
+    """Answer questions through the HTTP API at ``api`` with ``teacher`` (a :class:`~prefrl.oracles.SyntheticOracle`)
+    until ``stop`` is set; segments are read from ``queue`` (the true rewards never cross the API). Returns
+    the number of answers given."""
+    import httpx
+
+    from prefrl.data import Query
+
+    session = uuid.uuid4().hex
+    headers = {"X-Token": token} if token else {}
+    given = 0
+    with httpx.Client(base_url=api, headers=headers, timeout=60) as http:
+        while not stop.is_set():
+            r = http.post("/api/next", json={"session": session})
+            r.raise_for_status()
+            q = r.json()["query"]
+            if q is None:
+                stop.wait(idle_s)
+                continue
+            segments = tuple(queue.segment(i) for i in q["segments"])
+            label = teacher.answer(Query(segments, id=q["id"])).label
+            body = {"answer_id": uuid.uuid4().hex, "query_id": q["id"], "label": label, "labeler": name}
+            r = http.post("/api/answer", json=body | {"session": session})
+            if r.status_code != 409:  # 409: someone answered it first
+                r.raise_for_status()
+                given += 1
+    return given
