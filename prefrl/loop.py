@@ -98,10 +98,12 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
     clock = Stopwatch(offset=state["wall_s"])
     bar = tqdm(total=cfg.total_timesteps, initial=agent.num_timesteps, disable=not progress, unit="step", desc=cfg.name)
 
-    def ask_and_fit(n_due: int, epochs: int) -> dict[str, float]:
-        """Stages 3 and 4: the oracle compares the queries the ensemble disagrees on most; refit the reward."""
-        metrics = ask(oracle, n_due - len(labels) - oracle.pending(), buffer=buffer, reward=reward, labels=labels,
-                      cfg=cfg, rng=rng)  # fmt: skip
+    def ask_and_fit(n_due: int, epochs: int, *, wait: bool = False) -> dict[str, float]:
+        """Stages 3 and 4: the oracle compares the queries the ensemble disagrees on most; refit the reward.
+        With ``wait``, every answer is in before the fit (a person labels the first batch before RL starts)."""
+        metrics = ask(oracle, n_due, buffer=buffer, reward=reward, labels=labels, cfg=cfg, rng=rng)
+        if wait:
+            wait_for_oracle(oracle, labels, max_pending=0)
         comparisons = labels.comparisons(last=cfg.reward.max_labels or None)
         if any(c.label != SKIP for c in comparisons):
             segments = labels.segments(i for c in comparisons for i in c.segment_ids)
@@ -116,7 +118,7 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
         state["random_steps"] = collect_random(
             record, min_segments=max(10 * cfg.labels.k * n0, 200), max_steps=20 * max(10 * n0, 200) * T, rng=rng
         )
-        metrics = ask_and_fit(n0, cfg.reward.initial_epochs)
+        metrics = ask_and_fit(n0, cfg.reward.initial_epochs, wait=True)
         state["pretrained"] = True
         log.log({"timesteps": 0, "wall_s": clock(), **_label_counts(labels), **metrics})
         checkpoint(run, agent, reward, trainer, buffer, record, rng, state | {"wall_s": clock()})
@@ -223,7 +225,7 @@ def clip_state_fn(cfg: TrainConfig) -> Any:
 
 def ask(
     oracle: Oracle,
-    n: int,
+    n_due: int,
     *,
     buffer: SegmentBuffer,
     reward: RewardEnsemble,
@@ -231,32 +233,40 @@ def ask(
     cfg: TrainConfig,
     rng: np.random.Generator,
 ) -> dict[str, float]:
-    """Select ``n`` queries, hand them to the oracle, store every answer that is ready."""
-    metrics: dict[str, float] = {}
-    if n > 0:
-        queries, metrics = select_queries(
-            list(buffer),
-            n=n,
-            k=cfg.labels.k,
-            sampler=cfg.labels.sampler,
-            candidates=cfg.labels.candidates,
-            ends_share=cfg.labels.ends_share,
-            ensemble=reward if len(labels) > 0 else None,
-            rng=rng,
-        )
-        oracle.submit(queries)
-        by_id = {q.id: q for q in queries}
-        for c in oracle.collect(timeout=0.0):
-            q = by_id.get(c.query_id)
-            labels.add(c, q.segments if q else ())
+    """Store the answers that arrived; select the queries due by now and hand them to the oracle.
+
+    The queried segments are committed before the oracle sees them, so an answer that comes back later
+    (from a person, or after a crash) always finds its segments.
+    """
+    collect_answers(oracle, labels)
+    n = n_due - len(labels) - oracle.pending()
+    if n <= 0:
+        return {}
+    queries, metrics = select_queries(
+        list(buffer),
+        n=n,
+        k=cfg.labels.k,
+        sampler=cfg.labels.sampler,
+        candidates=cfg.labels.candidates,
+        ends_share=cfg.labels.ends_share,
+        ensemble=reward if len(labels) > 0 else None,
+        rng=rng,
+    )
+    labels.add_segments(s for q in queries for s in q.segments)
+    oracle.submit(queries)
+    collect_answers(oracle, labels)
     return metrics
+
+
+def collect_answers(oracle: Oracle, labels: ComparisonStore, *, timeout: float = 0.0) -> int:
+    """Commit the answers that are ready; returns how many were new."""
+    return labels.add_many(oracle.collect(timeout=timeout))
 
 
 def wait_for_oracle(oracle: Oracle, labels: ComparisonStore, *, max_pending: int) -> None:
     """An asynchronous oracle (a person) that fell behind pauses the agent rather than let it run on a stale reward."""
     while oracle.pending() > max_pending:
-        for c in oracle.collect(timeout=1.0):
-            labels.add(c)
+        collect_answers(oracle, labels, timeout=1.0)
 
 
 def normalize(reward: RewardEnsemble, buffer: SegmentBuffer, *, center: str, rng: np.random.Generator) -> None:
