@@ -1,4 +1,4 @@
-"""``prefrl train | label | eval | plot``: the command line.
+"""``prefrl train | label | export | eval | plot``: the command line.
 
 Every user mistake ends in one line on stderr naming the problem and the fix, and exit status 2.
 """
@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", type=Path, help="the run directory (its labels.sqlite holds the queue)")
     _serve_args(p)
 
+    p = sub.add_parser("export", help="write a run's comparisons (and the segments they compare) to one file")
+    p.add_argument("run", type=Path)
+    p.add_argument("--format", dest="fmt", choices=["csv", "npz"], default="npz",
+                   help="npz: comparisons and segments (replayable); csv: one row per comparison")  # fmt: skip
+    p.add_argument("--out", type=Path, help="output file (default: RUN/labels.FORMAT)")
+
     p = sub.add_parser("eval", help="evaluate a run's policy on the true reward")
     p.add_argument("run", type=Path)
     p.add_argument("--episodes", type=int, default=20)
@@ -48,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        return {"train": _train, "label": _label, "eval": _eval, "plot": _plot}[args.command](args)
+        return {"train": _train, "label": _label, "export": _export, "eval": _eval, "plot": _plot}[args.command](args)
     except (ConfigError, DataError, FileNotFoundError, FloatingPointError) as e:
         print(f"prefrl: error: {e}", file=sys.stderr)
         return 2
@@ -187,6 +193,14 @@ def _train_with_labeler(args: argparse.Namespace, cfg, run) -> int:
         print(f"prefrl: wrote {path}", file=sys.stderr)
     summary = f"eval return {result.true_return:.1f} after {result.timesteps} steps, {result.labels} labels"
     print(f"prefrl: {summary}", file=sys.stderr)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from prefrl.export import export_run
+
+    path, n = export_run(args.run, fmt=args.fmt, out=args.out)
+    print(f"prefrl: wrote {n} comparisons to {path}", file=sys.stderr)
     return 0
 
 

@@ -196,17 +196,29 @@ def finish(run: RunDir, timesteps: int, final: dict[str, float], labels: int) ->
 
 def make_oracle(cfg: OracleConfig, *, seed: int, labels_path: Path | None = None) -> Oracle:
     """The oracle ``cfg`` names. ``human`` queues questions in the label store at ``labels_path`` for the web
-    labeler (``prefrl label RUN``); without a path its queue is in memory, which only checks that it can be built."""
+    labeler (``prefrl label RUN``); without a path its queue is in memory, which only checks that it can be built.
+    ``replay`` imports ``cfg.replay_file`` (an npz export) into the store at ``labels_path``."""
     if cfg.kind == "human":
         from prefrl.labeler import require_labeler
         from prefrl.oracles import HumanOracle
 
         require_labeler()
         return HumanOracle(labels_path if labels_path is not None else "sqlite://")
+    if cfg.kind == "replay":
+        # The exported comparisons (and their segments) go into this run's label store up front, so the reward
+        # is fit to them from the start; queries about this run's own segments are answered "can't tell".
+        from prefrl.export import import_labels, read_npz
+        from prefrl.oracles import ReplayOracle
+
+        if labels_path is None:
+            read_npz(Path(cfg.replay_file))  # a missing or unreadable file is refused before any compute
+            return ReplayOracle([])
+        with ComparisonStore(labels_path) as store:
+            return ReplayOracle(import_labels(Path(cfg.replay_file), store))
     if cfg.kind != "synthetic":
         raise ConfigError(
             f"oracle.kind = '{cfg.kind}' is not available in `prefrl train` yet; use 'synthetic' "
-            "(comparisons of true returns) or 'human' (the web labeler)"
+            "(comparisons of true returns), 'human' (the web labeler) or 'replay' (an exported label file)"
         )
     knobs = {k: getattr(cfg, k) for k in cfg.overrides if k in TEACHER_KNOBS}
     if knobs.get("skip_threshold") == -math.inf:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,8 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import hypothesis
 import numpy as np
 import pytest
+import schemathesis
 from fastapi.testclient import TestClient
 
 from prefrl.config import TrainConfig
@@ -142,11 +145,40 @@ def db_rows(path: Path, sql: str) -> list[tuple]:
         return db.execute(sql).fetchall()
 
 
-# -- the store --------------------------------------------------------------------------------------
+# -- the store, on SQLite and on Postgres ----------------------------------------------------------
+
+POSTGRES_URL = "PREFRL_TEST_POSTGRES_URL"
 
 
-def test_leases_keep_a_question_with_one_labeler_until_they_expire(tmp_path):
-    queue = LabelQueue(tmp_path / "labels.sqlite", lease_s=60)
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path) -> str:
+    """A fresh, empty label store: a SQLite file, or the Postgres database that `.ci/run` starts."""
+    if request.param == "sqlite":
+        return str(tmp_path / "labels.sqlite")
+    url = os.environ.get(POSTGRES_URL)
+    if not url:
+        pytest.fail(
+            f"{POSTGRES_URL} is not set: the store tests also run on Postgres, which .ci/run starts and names there"
+        )
+    import sqlalchemy as sa
+
+    from prefrl.labeler.store import meta
+
+    engine = sa.create_engine(url)
+    meta.drop_all(engine)  # every test starts from an empty store
+    engine.dispose()
+    return url
+
+
+def store_rows(queue: LabelQueue, sql: str) -> list[tuple]:
+    import sqlalchemy as sa
+
+    with queue.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(sql)).all()]
+
+
+def test_leases_keep_a_question_with_one_labeler_until_they_expire(store_url):
+    queue = LabelQueue(store_url, lease_s=60)
     qs = queries(cartpole_segments(10), 3)
     queue.add_queries(qs)
     a, b = uuid.uuid4().hex, uuid.uuid4().hex
@@ -156,11 +188,11 @@ def test_leases_keep_a_question_with_one_labeler_until_they_expire(tmp_path):
     assert qb.id == qs[1].id
     later = time.time() + 61  # a's lease has expired: its question goes to the next labeler
     assert queue.lease_next(uuid.uuid4().hex, now=later).id == qa.id
+    queue.close()
 
 
-def test_answers_are_comparisons_stored_once_and_undo_reopens_the_question(tmp_path):
-    path = tmp_path / "labels.sqlite"
-    queue = LabelQueue(path)
+def test_answers_are_comparisons_stored_once_and_undo_reopens_the_question(store_url):
+    queue = LabelQueue(store_url)
     qs = queries(cartpole_segments(10), 3)
     oracle = HumanOracle(queue)
     oracle.submit(qs)
@@ -174,17 +206,62 @@ def test_answers_are_comparisons_stored_once_and_undo_reopens_the_question(tmp_p
         queue.answer(answer_id=uuid.uuid4().hex, query_id=q.id, label=1, labeler="bob", session=uuid.uuid4().hex)
     with pytest.raises(Conflict, match="label 5"):
         queue.answer(answer_id=uuid.uuid4().hex, query_id=qs[1].id, label=5, labeler="ada", session=s)
-    store = ComparisonStore(path)  # what the training loop reads
-    (c,) = store.comparisons()
+
+    def stored():
+        return [c for _, c in queue.answers_since(0)]
+
+    (c,) = stored()
     assert (c.query_id, c.label, c.source, c.labeler) == (q.id, 0, "human", "ada") and c.time > 0
-    assert set(store.segments(c.segment_ids)) == set(c.segment_ids)
+    assert all(queue.has_segment(i) for i in c.segment_ids)
+    if not store_url.startswith("postgresql"):  # the training loop reads the same SQLite file
+        assert ComparisonStore(store_url).comparisons() == [c]
     (got,) = oracle.collect(timeout=1.0)
     assert got.query_id == q.id and oracle.pending() == 2
-    assert queue.undo(s).id == q.id and store.comparisons() == [] and queue.lease_next(s).id == q.id
-    assert db_rows(path, "SELECT COUNT(*) FROM answers WHERE undone IS NOT NULL") == [(1,)]  # kept, marked
+    assert queue.undo(s).id == q.id and stored() == [] and queue.lease_next(s).id == q.id
+    assert store_rows(queue, "SELECT COUNT(*) FROM answers WHERE undone IS NOT NULL") == [(1,)]  # kept, marked
     queue.answer(answer_id=uuid.uuid4().hex, query_id=q.id, label=TIE, labeler="ada", session=s)
-    assert [c.label for c in store.comparisons()] == [TIE]
+    assert [c.label for c in stored()] == [TIE]
     assert queue.progress(s) == {"session": 1, "total": 1, "queue": 2, "last_hour": 1}
+    queue.close()
+
+
+def test_concurrent_labelers_racing_for_the_same_questions_store_each_once(store_url):
+    """8 labelers answer 240 questions, each also trying a rival's question and retrying its own answers."""
+    queue = LabelQueue(store_url)
+    qs = queries(cartpole_segments(40), 240)
+    queue.add_queries(qs)
+    outcomes: list[str] = []
+
+    def label(worker: int) -> None:
+        session = uuid.uuid4().hex
+        for i in range(worker, len(qs), 8):
+            aid = uuid.uuid4().hex
+            for target in (qs[i], qs[(i + 1) % len(qs)]):  # its own question, then the next worker's: races
+                for _ in range(2):  # every answer sent twice, as a retry would
+                    try:
+                        fresh = queue.answer(
+                            answer_id=aid, query_id=target.id, label=i % 2, labeler="w", session=session
+                        )
+                        outcomes.append("stored" if fresh else "repeat")
+                    except Conflict:
+                        outcomes.append("conflict")
+                aid = uuid.uuid4().hex
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(label, range(8)))
+    assert outcomes.count("stored") == len(qs)
+    assert store_rows(queue, "SELECT COUNT(*), COUNT(DISTINCT query_id) FROM comparisons") == [(240, 240)]
+    assert store_rows(queue, "SELECT COUNT(*) FROM answers") == [(240,)]
+    assert store_rows(queue, "SELECT COUNT(*) FROM queries WHERE answered = 0") == [(0,)]
+    queue.close()
+
+
+def test_segment_ids_beyond_32_bits_are_stored(store_url):
+    queue = LabelQueue(store_url)
+    big = [Segment(**{**s.__dict__, "id": (1 << 40) + s.id}) for s in cartpole_segments(2)]
+    queue.add_queries([Query(tuple(big))])
+    assert queue.has_segment((1 << 40) + 1) and queue.segment(1 << 40).id == 1 << 40
+    queue.close()
 
 
 # -- the HTTP API -----------------------------------------------------------------------------------
@@ -289,6 +366,35 @@ def test_kill_9_loses_no_acknowledged_answer(tmp_path, serve):
     assert db_rows(run.labels_path, "SELECT COUNT(*) FROM comparisons")[0][0] == len(stored)
 
 
+def test_fuzzed_requests_never_get_a_server_error(tmp_path):
+    """The labeler's OpenAPI schema fuzzed with schemathesis, in-process, over a queue of real questions."""
+    from prefrl.clips import ClipCache
+
+    queue = LabelQueue(tmp_path / "labels.sqlite")
+    queue.add_queries(queries(cartpole_segments(6), 20))
+    clips = ClipCache(tmp_path / "clips", load=queue.segment, size=64, workers=1)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(queue, clips, task="fuzz"))
+    calls: list[str] = []
+    try:
+        for result in schema.get_all_operations():
+            operation = result.ok()
+
+            @hypothesis.given(case=operation.as_strategy())
+            @hypothesis.settings(
+                max_examples=40, deadline=None, database=None, suppress_health_check=list(hypothesis.HealthCheck)
+            )
+            def no_server_error(case):
+                response = case.call()
+                calls.append(f"{case.method} {response.status_code}")
+                assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.text}"
+
+            no_server_error()
+    finally:
+        clips.close()
+        queue.close()
+    assert {c.split()[0] for c in calls} == {"GET", "POST"} and len(calls) > 100
+
+
 # -- the page, in a real browser -------------------------------------------------------------------
 
 
@@ -363,3 +469,60 @@ def test_train_with_a_human_oracle_queues_in_the_run_store_and_keeps_states(tmp_
     assert isinstance(oracle, HumanOracle) and oracle.pending() == 0
     assert clip_state_fn(cfg) is not None
     assert clip_state_fn(load_config(None, [])) is None  # synthetic runs record no states
+
+
+def text_segments(n: int) -> list[Segment]:
+    """Segments of a text task: what people see is their text, not a clip."""
+    out = []
+    for i in range(n):
+        tokens = np.arange(8) + i
+        out.append(
+            Segment(
+                id=1000 + i,
+                obs=tokens,
+                actions=tokens,
+                true_rewards=np.zeros(8, dtype=np.float32),
+                length=8,
+                terminated=False,
+                env_id="text",
+                text=f"Prompt: say something kind\nReply {i}: you are doing great, number {i}",
+            )
+        )
+    return out
+
+
+def test_page_shows_text_pairs_and_best_of_4_sets_with_number_keys(tmp_path, serve, browser):
+    run = RunDir(tmp_path / "run")
+    run.save_config(TrainConfig(task="pick the kindest reply"))
+    texts, clips = text_segments(6), cartpole_segments(4)
+    qs = [Query(tuple(texts[:2])), Query(tuple(texts[2:6])), Query(tuple(clips))]
+    queue = LabelQueue(run.labels_path)
+    queue.add_queries(qs)
+    queue.close()
+    server = serve(run.path)
+    page = browser.new_page()
+    page.goto(server.url + "/")
+
+    page.wait_for_function(f"document.body.dataset.query === '{qs[0].id}'")  # a text pair: two texts, no video
+    assert page.locator("video").count() == 0
+    assert page.inner_text("#left") == texts[0].text and page.inner_text("#right") == texts[1].text
+    page.keyboard.press("ArrowRight")
+
+    page.wait_for_function(f"document.body.dataset.query === '{qs[1].id}'")  # best of 4 texts, keys 1-4
+    assert page.locator("#pair figure").count() == 4 and page.inner_text("#opt-2") == texts[4].text
+    assert page.inner_text("h1") == "Which text is best?"
+    page.keyboard.press("3")
+
+    page.wait_for_function(f"document.body.dataset.query === '{qs[2].id}'")  # best of 4 clips: all four play
+    for i in range(4):
+        drawn = page.evaluate(DRAWN, f"opt-{i}")
+        assert drawn["w"] > 0 and drawn["hi"] - drawn["lo"] > 50, f"clip {i} drew a blank frame: {drawn}"
+    page.click("#b-opt-3")
+    page.wait_for_function("document.getElementById('progress').textContent.includes('3 labels this session')")
+    rows = db_rows(run.labels_path, "SELECT query_id, segment_ids, label FROM comparisons ORDER BY seq")
+    assert [(q, json.loads(ids), label) for q, ids, label in rows] == [
+        (qs[0].id, [s.id for s in qs[0].segments], 1),
+        (qs[1].id, [s.id for s in qs[1].segments], 2),
+        (qs[2].id, [s.id for s in qs[2].segments], 3),
+    ]
+    page.close()

@@ -3,9 +3,10 @@
 Endpoints (JSON; every body is validated, every answer committed before the response):
 
 - ``GET /``: the page. ``GET /api/info``: the task text.
-- ``POST /api/next`` ``{session}``: the question leased to this browser session, with its clip URLs.
+- ``POST /api/next`` ``{session}``: the question leased to this browser session (2 segments for a pair,
+  k for best-of-k), with a clip URL per segment, or its text for text segments.
 - ``POST /api/answer`` ``{answer_id, query_id, label, labeler, session}``: ``label`` is the index of
-  the better clip, -1 equally good, -2 can't tell. A repeated ``answer_id`` is stored once.
+  the best segment, -1 equally good, -2 can't tell. A repeated ``answer_id`` is stored once.
 - ``POST /api/undo`` ``{session}``: take back this session's last answer; returns its question.
 - ``GET /api/progress?session=``: counts. ``GET /clips/{segment_id}.mp4``: a clip, by id only.
 
@@ -15,6 +16,7 @@ On any address but loopback an access token is required: ``?token=`` on the page
 
 from __future__ import annotations
 
+import functools
 import hmac
 import secrets
 from pathlib import Path
@@ -75,17 +77,31 @@ def create_app(queue: LabelQueue, clips: ClipCache | None, *, task: str = "", to
 
     auth = [Depends(authorized)]
 
+    @functools.lru_cache(maxsize=4096)
+    def text_of(segment_id: int) -> str | None:  # segments never change once stored
+        try:
+            return queue.segment(segment_id).text
+        except KeyError:
+            return None
+
     def as_json(q: OpenQuery | None) -> dict | None:
+        """A question for the page: per segment, a clip URL, or its text (text segments are shown, not played)."""
         if q is None:
             return None
-        return {"id": q.id, "segments": list(q.segment_ids), "clips": [f"/clips/{i}.mp4" for i in q.segment_ids]}
+        texts = [text_of(i) for i in q.segment_ids]
+        return {
+            "id": q.id,
+            "segments": list(q.segment_ids),
+            "clips": [None if t is not None else f"/clips/{i}.mp4" for i, t in zip(q.segment_ids, texts, strict=True)],
+            "texts": texts,
+        }
 
     def prefetch(current: OpenQuery | None) -> None:
         if clips is None:
             return
         upcoming = [current] if current else []
         upcoming += [q for q in queue.upcoming(PREFETCH + 1) if current is None or q.id != current.id]
-        clips.prefetch(i for q in upcoming[: PREFETCH + 1] for i in q.segment_ids)
+        clips.prefetch(i for q in upcoming[: PREFETCH + 1] for i in q.segment_ids if text_of(i) is None)
 
     @app.get("/", response_class=HTMLResponse, dependencies=auth)
     def index() -> str:

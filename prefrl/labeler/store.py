@@ -24,11 +24,12 @@ import sqlalchemy as sa
 
 from prefrl.data import SKIP, TIE, Comparison, DataError, Query, Segment
 
+BIGINT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite's INTEGER is 64-bit already
 meta = sa.MetaData()
 segments_t = sa.Table(
     "segments",
     meta,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("id", BIGINT, primary_key=True, autoincrement=False),
     sa.Column("env_id", sa.Text, nullable=False),
     sa.Column("episode", sa.Integer, nullable=False),
     sa.Column("start", sa.Integer, nullable=False),
@@ -219,14 +220,26 @@ class LabelQueue:
         """Store one answer as a comparison, committed before returning. Returns False for a repeat of
         ``answer_id`` (already stored); raises :class:`Conflict` if the question is unknown or answered."""
         now = time.time()
+        try:
+            return self._answer(answer_id, query_id, label, labeler, session, now)
+        except sa.exc.IntegrityError:
+            # another request took the same answer id or question at the same moment (Postgres; SQLite serializes)
+            with self.engine.connect() as conn:
+                prior = conn.scalar(sa.select(answers_t.c.query_id).where(answers_t.c.answer_id == answer_id))
+            if prior == query_id:
+                return False
+            raise Conflict(f"question {query_id} was answered at the same moment by another request") from None
+
+    def _answer(self, answer_id: str, query_id: str, label: int, labeler: str, session: str, now: float) -> bool:
+        q = queries_t.c
         with self._write() as conn:
+            # the question's row is locked first, so concurrent answers to it queue up (FOR UPDATE; no-op on SQLite)
+            row = conn.execute(sa.select(q.segment_ids, q.answered).where(q.id == query_id).with_for_update()).first()
             prior = conn.execute(sa.select(answers_t.c.query_id).where(answers_t.c.answer_id == answer_id)).first()
             if prior is not None:
                 if prior.query_id != query_id:
                     raise Conflict(f"answer id {answer_id} was already used for another question")
                 return False
-            q = queries_t.c
-            row = conn.execute(sa.select(q.segment_ids, q.answered).where(q.id == query_id)).first()
             if row is None:
                 raise Conflict(f"no question {query_id}")
             if row.answered:
@@ -251,7 +264,7 @@ class LabelQueue:
                     time=now,
                 )
             )
-            conn.execute(queries_t.update().where(queries_t.c.id == query_id).values(answered=1, lease_owner=None))
+            conn.execute(queries_t.update().where(q.id == query_id).values(answered=1, lease_owner=None))
         return True
 
     def undo(self, session: str) -> OpenQuery | None:
@@ -265,6 +278,7 @@ class LabelQueue:
                 .where(a.session == session, a.undone.is_(None))
                 .order_by(a.time.desc())
                 .limit(1)
+                .with_for_update()
             ).first()
             if last is None:
                 return None
