@@ -87,6 +87,7 @@ class RecordSegments(VecEnvWrapper):
         self._act_buf = np.zeros((n, T, *act_space.shape), dtype=act_space.dtype)  # (n_envs, T, *act)
         self._rew_buf = np.zeros((n, T), dtype=np.float32)  # (n_envs, T)
         self._state_buf: np.ndarray | None = None
+        self._envs = np.arange(n)
         self._pos = np.zeros(n, dtype=np.int64)  # step within the current window
         self._ep_step = np.zeros(n, dtype=np.int64)  # step within the current episode
         self._episode = np.zeros(n, dtype=np.int64)
@@ -108,21 +109,26 @@ class RecordSegments(VecEnvWrapper):
             states = np.asarray(self.state_fn(self.venv))
             if self._state_buf is None:
                 self._state_buf = np.zeros((self.num_envs, self.length, *states.shape[1:]), dtype=states.dtype)
-            self._state_buf[np.arange(self.num_envs), self._pos] = states
+            self._state_buf[self._envs, self._pos] = states
         self.venv.step_async(actions)
 
     def step_wait(self) -> Any:
         obs, rewards, dones, infos = self.venv.step_wait()
         if self._obs is None:
             raise RuntimeError("RecordSegments: step() before reset()")
-        envs = np.arange(self.num_envs)
-        self._obs_buf[envs, self._pos] = self._obs
-        self._act_buf[envs, self._pos] = self._actions
-        self._rew_buf[envs, self._pos] = rewards
-        self._pos += 1
+        envs, pos = self._envs, self._pos
+        self._obs_buf[envs, pos] = self._obs
+        self._act_buf[envs, pos] = self._actions
+        self._rew_buf[envs, pos] = rewards
+        pos += 1
         self._ep_step += 1
-        for i in np.flatnonzero(self._pos == self.length):
-            self._emit(i, self.length, terminated=bool(dones[i]) and not _truncated(infos[i]))
+        full = pos == self.length
+        if full.any():
+            for i in np.flatnonzero(full):
+                self._emit(i, self.length, terminated=bool(dones[i]) and not _truncated(infos[i]))
+        if not dones.any():
+            self._obs = obs
+            return obs, rewards, dones, infos
         for i in np.flatnonzero(dones):
             if self._pos[i] > 0 and not _truncated(infos[i]):
                 self._emit(i, int(self._pos[i]), terminated=True)

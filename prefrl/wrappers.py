@@ -40,17 +40,17 @@ class LearnedReward(VecEnvWrapper):
         if self._obs is None:
             raise RuntimeError("LearnedReward: step() before reset()")
         rewards = self.ensemble.step_rewards(self._obs, self._actions).mean(axis=0)  # (K, n_envs) -> (n_envs,)
-        if not np.all(np.isfinite(rewards)):
+        if not np.isfinite(rewards.sum()):
             raise FloatingPointError(
                 "learned reward is NaN/inf; the reward model diverged. Lower reward.lr or check observations for NaN"
             )
         self._ep_pred += rewards
-        for i, info in enumerate(infos):
-            info["true_reward"] = float(true_rewards[i])
-            if dones[i]:
-                info["predicted_return"] = float(self._ep_pred[i])
-                self.predicted_returns.append(float(self._ep_pred[i]))
-                self._ep_pred[i] = 0.0
+        for info, true_reward in zip(infos, true_rewards.tolist(), strict=True):
+            info["true_reward"] = true_reward
+        for i in np.flatnonzero(dones) if dones.any() else ():
+            infos[i]["predicted_return"] = float(self._ep_pred[i])
+            self.predicted_returns.append(float(self._ep_pred[i]))
+            self._ep_pred[i] = 0.0
         self._obs = obs
         return obs, rewards.astype(np.float32), dones, infos
 
