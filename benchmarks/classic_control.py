@@ -16,8 +16,6 @@ import csv
 import json
 import math
 import multiprocessing as mp
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -95,22 +93,11 @@ def random_return(env_id: str, episodes: int = 20) -> float:
 
 
 def machine() -> str:
-    import torch
+    """One line: CPU, cores, versions and the commit the numbers come from."""
+    from reward_fit import machine as machine_info
 
-    cpu = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    n = mp.cpu_count()
-    return f"{cpu}, {n} cores, Python {platform.python_version()}, torch {torch.__version__}, commit {commit}"
+    m = machine_info()
+    return f"{m['cpu']}, {m['cpus']} cores, Python {m['python']}, torch {m['torch']}, commit {m['commit']}"
 
 
 def _key(r: dict) -> tuple:
@@ -217,6 +204,8 @@ def main() -> None:
         with args.out.open() as f:
             for r in csv.DictReader(f):
                 rows[job_name({**r, "labels": int(r["labels"]), "seed": int(r["seed"])})] = r
+    planned = len(jobs)
+    jobs = [j for j in jobs if job_name(j) not in rows]  # finished runs are in the committed table
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
         for row in pool.imap_unordered(run_job, jobs):
@@ -227,7 +216,7 @@ def main() -> None:
                 w.writeheader()
                 w.writerows(sorted(rows.values(), key=lambda r: (*_key(r), int(r["seed"]))))
             randoms = {e: random_return(e) for e in sorted({r["env"] for r in rows.values()})}
-            summarize(list(rows.values()), args.out, randoms, planned=len(jobs))
+            summarize(list(rows.values()), args.out, randoms, planned=planned)
 
 
 if __name__ == "__main__":
