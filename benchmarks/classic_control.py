@@ -117,7 +117,8 @@ def summarize(rows: list[dict], out: Path, randoms: dict[str, float], planned: i
         "",
         f"Runs finished: {len(rows)} of {planned or len(rows)}"
         + (" (the grid is still running; rerunning the script resumes it)." if planned > len(rows) else "."),
-        "Wall times are per run with two runs sharing the 2 cores (and, while the grid ran, other work on them too).",
+        "Wall times are per run with two runs sharing the 2 cores, other work on them at times, and for a few runs",
+        "a pause of the whole grid while other measurements needed a quiet machine: compare returns, not wall times.",
         "",
         "Final true return: mean of 20 deterministic evaluation episodes per seed; mean ± std over seeds.",
         "Normalized score = (return − random policy) / (true-reward PPO − random policy);",
