@@ -119,7 +119,11 @@ class ClipRenderer:
             os.environ.setdefault("MUJOCO_GL", "egl")  # the software renderer that works headless
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame (classic control) draws off-screen
         os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-        self.env = gym.make(resolve_env_id(env_id), render_mode="rgb_array", **(env_kwargs or {}))
+        kwargs = dict(env_kwargs or {})
+        if self.family == "mujoco":  # draw at the clip's size: software rendering costs per pixel
+            kwargs.setdefault("width", _even(int(size)))
+            kwargs.setdefault("height", _even(int(size)))
+        self.env = gym.make(resolve_env_id(env_id), render_mode="rgb_array", **kwargs)
         self.env.reset(seed=0)
         self.fps = int(fps or self.env.metadata.get("render_fps") or 30)
         self.size = int(size)
