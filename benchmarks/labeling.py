@@ -303,7 +303,7 @@ def main() -> None:
         *render_rows,
         "",
         "Padding after a termination is a static frame, so short (terminated) segments cost less to render.",
-        "Hopper: MuJoCo draws each frame at the env's 480 px through EGL, here in software, then scales it down.",
+        "Hopper: MuJoCo draws each frame through EGL in software at the clip's size, 100-200 ms a frame here.",
         "",
         "## Answer -> next pair playable (s)",
         "",
