@@ -108,8 +108,10 @@ def summarize(rows: list[dict], out: Path, randoms: dict[str, float], planned: i
     """``classic_control.md``: mean ± std per setting, and the score normalized between a random policy (0)
     and PPO on the true reward (1) — the ratio the goal is stated in, well defined for negative returns."""
     groups: dict[tuple, list[float]] = {}
+    by_seed: dict[tuple, dict[int, float]] = {}
     for r in rows:
         groups.setdefault(_key(r), []).append(float(r["true_return"]))
+        by_seed.setdefault(_key(r), {})[int(r["seed"])] = float(r["true_return"])
     lines = [
         "# Classic control: learned reward from synthetic preferences vs PPO on the true reward",
         "",
@@ -128,9 +130,13 @@ def summarize(rows: list[dict], out: Path, randoms: dict[str, float], planned: i
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for (env, method, sampler, labels), vals in sorted(groups.items()):
-        base = groups.get((env, "true", "", 0))
+        # Against the true-reward runs of the same seeds, so a partly finished grid compares like with like.
+        base_by_seed = by_seed.get((env, "true", "", 0), {})
+        seeds = [sd for sd in by_seed[(env, method, sampler, labels)] if sd in base_by_seed]
         rnd = randoms[env]
-        norm = (np.mean(vals) - rnd) / (np.mean(base) - rnd) if base else math.nan
+        mine = [by_seed[(env, method, sampler, labels)][sd] for sd in seeds]
+        base = [base_by_seed[sd] for sd in seeds]
+        norm = (np.mean(mine) - rnd) / (np.mean(base) - rnd) if seeds else math.nan
         walls = [float(r["wall_s"]) for r in rows if _key(r) == (env, method, sampler, labels)]
         lines.append(
             f"| {env} | {'PPO, true reward' if method == 'true' else 'prefrl'} | {sampler or '—'} | "
