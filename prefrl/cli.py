@@ -10,10 +10,13 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prefrl.config import ConfigError, load_config
+from prefrl.config import ConfigError, TrainConfig, load_config
 from prefrl.data import DataError
+
+if TYPE_CHECKING:
+    from prefrl.run import RunDir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from prefrl.loop import check_config, train
-    from prefrl.plots import plot_comparison, plot_run
     from prefrl.run import RunDir
 
     if args.simulate_labeler:
@@ -85,22 +87,27 @@ def _train(args: argparse.Namespace) -> int:
     print(f"prefrl: run directory {run.path}", file=sys.stderr)
     if cfg.oracle.kind == "human" and cfg.reward_source == "learned":
         return _train_with_labeler(args, cfg, run)
-    runs: dict[str, Path] = {}
     if cfg.baseline and cfg.reward_source == "learned":
         base_cfg = dataclasses.replace(cfg, reward_source="true", baseline=False, name=f"{cfg.name}-true-reward")
         base = train(base_cfg, RunDir(run.path / "baseline"), progress=not args.no_progress)
-        runs[f"{cfg.agent.algo}, true reward"] = base.run.path
         print(f"prefrl: true-reward baseline: eval return {base.true_return:.1f}", file=sys.stderr)
     result = train(cfg, run, progress=not args.no_progress)
     label = f"{cfg.agent.algo}, true reward" if cfg.reward_source == "true" else f"prefrl, {cfg.labels.total} labels"
-    runs[label] = run.path
-    plots = plot_run(run.path)
-    if len(runs) > 1:
-        plots.append(plot_comparison(runs, run.plots / "comparison.png", title=f"{cfg.env.id}: learned vs true reward"))
     print(f"prefrl: {label}: eval return {result.true_return:.1f} after {result.timesteps} steps", file=sys.stderr)
-    for path in plots:
+    for path in _draw_plots(run, cfg):
         print(f"prefrl: wrote {path}", file=sys.stderr)
     return 0
+
+
+def _draw_plots(run: RunDir, cfg: TrainConfig) -> list[Path]:
+    """The run's own plots, and the comparison with its true-reward baseline when it has one."""
+    from prefrl.plots import plot_comparison, plot_run
+
+    plots = plot_run(run.path)
+    if (run.path / "baseline" / "metrics.csv").exists():
+        runs = {f"{cfg.agent.algo}, true reward": run.path / "baseline", f"prefrl, {cfg.labels.total} labels": run.path}
+        plots.append(plot_comparison(runs, run.plots / "comparison.png", title=f"{cfg.env.id}: learned vs true reward"))
+    return plots
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -226,16 +233,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from prefrl.plots import plot_comparison, plot_run
     from prefrl.run import RunDir
 
     run = RunDir(args.run)
-    cfg = run.load_config()
-    plots = plot_run(run.path)
-    if (run.path / "baseline" / "metrics.csv").exists():
-        runs = {f"{cfg.agent.algo}, true reward": run.path / "baseline", f"prefrl, {cfg.labels.total} labels": run.path}
-        plots.append(plot_comparison(runs, run.plots / "comparison.png", title=f"{cfg.env.id}: learned vs true reward"))
-    for path in plots:
+    for path in _draw_plots(run, run.load_config()):
         print(f"prefrl: wrote {path}")
     return 0
 

@@ -291,14 +291,7 @@ class ComparisonStore:
 
     # -- segments -----------------------------------------------------------------------------
     def add_segments(self, segments: Iterable[Segment]) -> None:
-        rows = [
-            (s.id, s.env_id, s.episode, s.start, s.length, int(s.terminated), s.true_return, s.to_npz_bytes())
-            for s in segments
-        ]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT OR IGNORE INTO segments VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            self._db.execute("COMMIT")
+        self.add_many([], list(segments))
 
     def segments(self, ids: Iterable[int]) -> dict[int, Segment]:
         ids = list(dict.fromkeys(int(i) for i in ids))
