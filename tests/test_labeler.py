@@ -413,6 +413,12 @@ def browser():
 DRAWN = """async (id) => {
   const v = document.getElementById(id);
   if (v.readyState < 2) await new Promise(r => v.addEventListener('loadeddata', r, {once: true}));
+  // The first frame is always a real step (padding after an episode end comes last): pause there, so
+  // the check does not depend on where playback happens to be.
+  v.pause();
+  const seeked = new Promise(r => v.addEventListener('seeked', r, {once: true}));
+  v.currentTime = 0;
+  await seeked;
   const c = document.createElement('canvas');
   c.width = v.videoWidth; c.height = v.videoHeight;
   const g = c.getContext('2d');
