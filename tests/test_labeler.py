@@ -147,19 +147,13 @@ def db_rows(path: Path, sql: str) -> list[tuple]:
 
 # -- the store, on SQLite and on Postgres ----------------------------------------------------------
 
-POSTGRES_URL = "PREFRL_TEST_POSTGRES_URL"
-
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request, tmp_path) -> str:
-    """A fresh, empty label store: a SQLite file, or the Postgres database that `.ci/run` starts."""
+    """A fresh, empty label store: a SQLite file, or the Postgres database of ``conftest.postgres_url``."""
     if request.param == "sqlite":
         return str(tmp_path / "labels.sqlite")
-    url = os.environ.get(POSTGRES_URL)
-    if not url:
-        pytest.fail(
-            f"{POSTGRES_URL} is not set: the store tests also run on Postgres, which .ci/run starts and names there"
-        )
+    url = request.getfixturevalue("postgres_url")
     import sqlalchemy as sa
 
     from prefrl.labeler.store import meta
