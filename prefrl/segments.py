@@ -23,7 +23,19 @@ from prefrl.data import Query, Segment, load_segments, save_segments
 
 
 class SegmentBuffer:
-    """The most recent ``capacity`` segments; ids are unique within a run (and survive a resume)."""
+    """The most recent ``capacity`` segments; ids are unique within a run (and survive a resume).
+
+    Examples:
+        >>> import numpy as np
+        >>> from prefrl.data import Segment
+        >>> from prefrl.segments import SegmentBuffer
+        >>> buffer = SegmentBuffer(capacity=2)
+        >>> for _ in range(3):
+        ...     sid = buffer.new_id()
+        ...     buffer.add(Segment(sid, np.zeros((5, 1)), np.zeros(5), np.ones(5), 5, False, "Toy"))
+        >>> [s.id for s in buffer], buffer.total_added, buffer.next_id  # the oldest one was dropped
+        ([1, 2], 3, 3)
+    """
 
     def __init__(self, capacity: int, *, next_id: int = 0) -> None:
         self.capacity = capacity
@@ -72,6 +84,24 @@ class RecordSegments(VecEnvWrapper):
         buffer: where finished segments go.
         env_id: recorded in each segment.
         state_fn: optional ``venv -> (n_envs, S)`` simulator state before each step, kept to re-render clips.
+
+    Examples:
+        CartPole pushed left at every step falls after 9 to 11 steps. The first episode fills one 10-step
+        window and ends one step into the next; each later episode ends inside its first window:
+
+        >>> import gymnasium as gym
+        >>> import numpy as np
+        >>> from stable_baselines3.common.vec_env import DummyVecEnv
+        >>> from prefrl.segments import RecordSegments, SegmentBuffer
+        >>> venv = DummyVecEnv([lambda: gym.make("CartPole-v1")])
+        >>> _ = venv.seed(0)
+        >>> buffer = SegmentBuffer(capacity=100)
+        >>> record = RecordSegments(venv, length=10, buffer=buffer, env_id="CartPole-v1")
+        >>> obs = record.reset()
+        >>> for _ in range(30):
+        ...     obs, rewards, dones, infos = record.step(np.zeros(1, dtype=np.int64))
+        >>> [(s.length, s.terminated, s.true_return) for s in buffer]
+        [(10, False, 10.0), (1, True, 1.0), (9, True, 9.0), (9, True, 9.0)]
     """
 
     def __init__(self, venv: VecEnv, *, length: int, buffer: SegmentBuffer, env_id: str, state_fn: Any = None) -> None:
@@ -228,19 +258,26 @@ def select_queries(
     ends_share: float = 0.5,
     ensemble: Any = None,
     rng: np.random.Generator,
+    tuples: np.ndarray | None = None,
 ) -> tuple[list[Query], dict[str, float]]:
     """Choose ``n`` queries of ``k`` segments: ``uniform``; ``disagreement`` (highest variance across ensemble
     members of the predicted preference, among ``candidates × n`` random tuples); ``entropy`` (most uncertain
     mean prediction). ``ends_share`` of the candidates include a segment where an episode ended (see
-    :func:`_candidate_tuples`). Returns the queries and metrics."""
+    :func:`_candidate_tuples`). ``tuples`` (``(m, k)`` indices into ``segments``) replaces the random
+    candidates, e.g. responses to the same prompt in text tasks: uniform takes the first ``n`` of them.
+    Returns the queries and metrics."""
     if n <= 0:
         return [], {}
     if len(segments) < k:
         raise RuntimeError(f"only {len(segments)} segments recorded; need at least {k} to ask a query")
+    if tuples is not None:
+        tuples = np.asarray(tuples, dtype=np.int64)
+        if tuples.ndim != 2 or tuples.shape[1] != k or len(tuples) < n:
+            raise ValueError(f"tuples must be an (m >= {n}, {k}) array of segment indices, got shape {tuples.shape}")
     if sampler == "uniform" or ensemble is None:
-        rows = _candidate_tuples(segments, n, k, ends_share, rng)
+        rows = tuples[:n] if tuples is not None else _candidate_tuples(segments, n, k, ends_share, rng)
         return [Query(tuple(segments[j] for j in row)) for row in rows], {}
-    rows = _candidate_tuples(segments, n * candidates, k, ends_share, rng)  # (m, k)
+    rows = tuples if tuples is not None else _candidate_tuples(segments, n * candidates, k, ends_share, rng)  # (m, k)
     used = np.unique(rows)
     returns = ensemble.returns_of([segments[j] for j in used])  # (K, U) raw returns: the loss's logits
     col = np.searchsorted(used, rows)  # (m, k) columns into returns
@@ -265,6 +302,12 @@ class LabelSchedule:
 
     Integrating that rate, the labels asked after the start by step T are ∝ log(1 + T/t0), scaled so the
     whole budget is used by ``total_timesteps``.
+
+    Examples:
+        >>> from prefrl.segments import LabelSchedule
+        >>> schedule = LabelSchedule(total=100, initial_fraction=0.25, t0=0, total_timesteps=10_000)
+        >>> [schedule.due(t) for t in (0, 2_500, 5_000, 10_000)]  # t0 = 0 means total_timesteps / 4
+        [25, 57, 76, 100]
     """
 
     def __init__(self, *, total: int, initial_fraction: float, t0: float, total_timesteps: int) -> None:

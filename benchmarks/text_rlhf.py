@@ -1,0 +1,193 @@
+"""Text RLHF: how well preference learning finetunes a language model, and where it over-optimizes.
+
+For the tiny GPT (the full grid) and SmolLM2-135M (a reduced budget, stated in the table), on the sentiment
+task: label budgets 250 / 500 / 1,000 / 2,000 (half offline on ρ's samples, half online on π's), PPO on
+the oracle's own score as the upper line, and a sweep of fixed KL coefficients β for the over-optimization
+curve. Each run is an ordinary ``prefrl train`` run in its own process (so its peak memory is its own);
+finished runs are skipped, interrupted ones resume from their checkpoints.
+
+Writes ``benchmarks/results/text_rlhf.{csv,md}`` and ``text_rlhf_overopt.png``, ``text_rlhf_budgets.png``.
+
+    python benchmarks/text_rlhf.py                   # everything (about an hour on 2 cores)
+    python benchmarks/text_rlhf.py --only tiny       # the tiny-GPT grid only
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TINY = ROOT / "experiments" / "text_sentiment_tiny.toml"
+SMOL = ROOT / "experiments" / "text_sentiment_smollm2.toml"
+COLUMNS = [
+    "model", "method", "labels", "beta", "seed", "steps", "score", "judge", "rho_score", "rho_judge", "win_judge",
+    "kl", "reward_model", "rm_acc_rho", "rm_acc_pi", "wall_s", "peak_mb",
+]  # fmt: skip
+
+
+def grid(only: str, seeds: list[int]) -> list[dict]:
+    jobs: list[dict] = []
+    if only in ("all", "tiny"):
+        for seed in seeds:
+            for labels in (250, 500, 1000, 2000):
+                half = labels // 2
+                sets = [f"labels.offline={half}", f"labels.online={labels - half}"]
+                jobs.append(dict(model="tiny", method="learned", labels=labels, beta="adaptive", seed=seed,
+                                 exp=TINY, sets=sets))  # fmt: skip
+            jobs.append(dict(model="tiny", method="oracle", labels=0, beta="adaptive", seed=seed, exp=TINY,
+                             sets=["reward_source='oracle'"]))  # fmt: skip
+        for beta in (0.01, 0.03, 0.1, 0.3):  # the over-optimization sweep: fixed β, 2,000 labels
+            jobs.append(dict(model="tiny", method="learned", labels=2000, beta=beta, seed=seeds[0], exp=TINY,
+                             sets=["ppo.adaptive_kl=false", f"ppo.init_kl_coef={beta}"]))  # fmt: skip
+    if only in ("all", "smollm2"):
+        jobs.append(dict(model="smollm2", method="learned", labels=250, beta="adaptive", seed=seeds[0], exp=SMOL,
+                         sets=[]))  # fmt: skip
+    for j in jobs:
+        j["name"] = f"{j['model']}-{j['method']}-{j['labels']}-b{j['beta']}-s{j['seed']}"
+        j["sets"] = [*j["sets"], f"seed={j['seed']}"]
+    return jobs
+
+
+def run(job: dict, runs: Path) -> dict:
+    path = runs / job["name"]
+    final = path / "final.json"
+    if not final.exists():
+        cmd = [sys.executable, "-m", "prefrl.cli", "train", str(job["exp"]), "--run-dir", str(path), "--no-progress"]
+        if (path / "checkpoint" / "state.json").exists():
+            cmd = [sys.executable, "-m", "prefrl.cli", "train", "--resume", str(path), "--no-progress"]
+        else:
+            cmd += [a for s in job["sets"] for a in ("--set", s)]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=ROOT)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        (path / "bench.json").write_text(
+            json.dumps({"peak_mb": round(max(peak, before) / 1024, 1), "this_wall_s": time.perf_counter() - t0})
+        )
+    result = json.loads(final.read_text())
+    extra = json.loads((path / "bench.json").read_text()) if (path / "bench.json").exists() else {}
+    row = {k: job[k] for k in ("model", "method", "labels", "beta", "seed")}
+    row.update(steps=result["step"], wall_s=result["wall_s"], peak_mb=extra.get("peak_mb", ""))
+    for k in ("score", "judge", "rho_score", "rho_judge", "win_judge", "kl", "reward_model", "rm_acc_rho", "rm_acc_pi"):
+        v = result.get(f"eval/{k}")
+        row[k] = "" if v is None else round(float(v), 4)
+    return row
+
+
+def trajectories(path: Path) -> list[dict]:
+    with (path / "metrics.csv").open() as f:
+        return [r for r in csv.DictReader(f) if r.get("eval/score")]
+
+
+def plots(rows: list[dict], runs: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    sweep = [r for r in rows if r["model"] == "tiny" and r["beta"] != "adaptive"]
+    for r in sorted(sweep, key=lambda r: float(r["beta"])):
+        name = f"tiny-learned-2000-b{r['beta']}-s{r['seed']}"
+        t = trajectories(runs / name)
+        kl = [float(x["eval/kl"]) for x in t]
+        axes[0].plot(kl, [float(x["eval/judge"]) for x in t], marker="o", ms=3, label=f"judge, β={r['beta']}")
+        axes[1].plot(kl, [float(x["eval/reward_model"]) for x in t], marker="o", ms=3, label=f"RM, β={r['beta']}")
+    axes[0].set(xlabel="KL(π‖ρ), nats per response", ylabel="held-out judge (TextBlob polarity)",
+                title="held-out judge vs KL")  # fmt: skip
+    axes[1].set(xlabel="KL(π‖ρ), nats per response", ylabel="reward model (normalized on ρ)",
+                title="reward model vs KL")  # fmt: skip
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out.with_name("text_rlhf_overopt.png"), dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    budget = [r for r in rows if r["model"] == "tiny" and r["beta"] == "adaptive" and r["method"] == "learned"]
+    xs = sorted({int(r["labels"]) for r in budget})
+    for key, label in (("score", "oracle (VADER)"), ("judge", "held-out judge"), ("win_judge", "win rate vs ρ")):
+        ys = [np.mean([float(r[key]) for r in budget if int(r["labels"]) == x]) for x in xs]
+        ax.plot(xs, ys, marker="o", label=label)
+    oracle = [r for r in rows if r["model"] == "tiny" and r["method"] == "oracle"]
+    if oracle:
+        mean = np.mean([float(r["score"]) for r in oracle])
+        ax.axhline(mean, ls="--", c="k", lw=1, label="PPO on the oracle (VADER)")
+    ax.set(xscale="log", xlabel="labels", ylabel="mean on held-out prompts", title="tiny GPT, sentiment")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out.with_name("text_rlhf_budgets.png"), dpi=110)
+    plt.close(fig)
+
+
+def machine() -> str:
+    import torch
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    cpu = platform.processor() or platform.machine()
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
+        f"commit {commit.stdout.strip() or '?'}, {time.strftime('%Y-%m-%d')}"
+    )
+
+
+def write_md(rows: list[dict], out: Path) -> None:
+    lines = [
+        "# Text RLHF",
+        "",
+        "`python benchmarks/text_rlhf.py`. Sentiment task: the synthetic labeler prefers the response VADER scores "
+        "higher; the held-out judge (TextBlob polarity) never trains anything. Tiny GPT: 60 PPO steps of 64 "
+        "responses, half the labels offline (ρ's samples), half online in 4 rounds (π's samples), adaptive β "
+        "(target 6 nats) unless a fixed β is given. SmolLM2-135M: reduced budget (250 offline labels, frozen "
+        "reward backbone, 20 PPO steps of 16 responses of up to 16 tokens). All scores are means over the "
+        "held-out prompts at the last evaluation; `win_judge` is how often π's response beats ρ's to the same "
+        "prompt by the judge (ties ½); `rm_acc_*` is how often the reward model orders two responses to one "
+        "prompt as the oracle does, on ρ's samples and on π's.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+    lines += ["", "![over-optimization](text_rlhf_overopt.png) ![budgets](text_rlhf_budgets.png)", "",
+              f"Machine: {machine()}."]  # fmt: skip
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", choices=["all", "tiny", "smollm2"], default="all")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--runs", type=Path, default=HERE / "runs" / "text_rlhf")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "text_rlhf.csv")
+    args = p.parse_args()
+    args.runs.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for job in grid(args.only, args.seeds):
+        print(f"text_rlhf: {job['name']}", flush=True)
+        rows.append(run(job, args.runs))
+        print(f"text_rlhf: {job['name']}: {rows[-1]}", flush=True)
+    with args.out.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    write_md(rows, args.out)
+    plots(rows, args.runs, args.out)
+    print(f"text_rlhf: wrote {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
