@@ -31,7 +31,7 @@ TINY = ROOT / "experiments" / "text_sentiment_tiny.toml"
 SMOL = ROOT / "experiments" / "text_sentiment_smollm2.toml"
 COLUMNS = [
     "model", "method", "labels", "beta", "seed", "steps", "score", "judge", "rho_score", "rho_judge", "win_judge",
-    "kl", "reward_model", "rm_acc_rho", "rm_acc_pi", "wall_s", "peak_mb",
+    "kl", "reward_model", "rm_acc_rho", "rm_acc_pi", "win_judge_kl6", "kl6_step", "wall_s", "peak_mb",
 ]  # fmt: skip
 
 
@@ -39,7 +39,7 @@ def grid(only: str, seeds: list[int]) -> list[dict]:
     jobs: list[dict] = []
     if only in ("all", "tiny"):
         for seed in seeds:
-            for labels in (250, 500, 1000, 2000):
+            for labels in (2000, 1000, 500, 250):
                 half = labels // 2
                 sets = [f"labels.offline={half}", f"labels.online={labels - half}"]
                 jobs.append(dict(model="tiny", method="learned", labels=labels, beta="adaptive", seed=seed,
@@ -81,6 +81,10 @@ def run(job: dict, runs: Path) -> dict:
     for k in ("score", "judge", "rho_score", "rho_judge", "win_judge", "kl", "reward_model", "rm_acc_rho", "rm_acc_pi"):
         v = result.get(f"eval/{k}")
         row[k] = "" if v is None else round(float(v), 4)
+    # The goal's point: the last evaluation whose KL(π‖ρ) is at most 6 nats, and π's win rate there.
+    under = [t for t in trajectories(path) if float(t["eval/kl"]) <= 6.0 and int(t["step"]) > 0]
+    row["win_judge_kl6"] = round(float(under[-1]["eval/win_judge"]), 4) if under else ""
+    row["kl6_step"] = int(under[-1]["step"]) if under else ""
     return row
 
 
@@ -149,13 +153,15 @@ def write_md(rows: list[dict], out: Path) -> None:
         "# Text RLHF",
         "",
         "`python benchmarks/text_rlhf.py`. Sentiment task: the synthetic labeler prefers the response VADER scores "
-        "higher; the held-out judge (TextBlob polarity) never trains anything. Tiny GPT: 60 PPO steps of 64 "
+        "higher; the held-out judge (TextBlob polarity) never trains anything. Tiny GPT: 100 PPO steps of 64 "
         "responses, half the labels offline (ρ's samples), half online in 4 rounds (π's samples), adaptive β "
-        "(target 6 nats) unless a fixed β is given. SmolLM2-135M: reduced budget (250 offline labels, frozen "
+        "(from 0.1 towards 5 nats, horizon 1,000 responses) unless a fixed β is given. "
+        "SmolLM2-135M: reduced budget (250 offline labels, frozen "
         "reward backbone, 20 PPO steps of 16 responses of up to 16 tokens). All scores are means over the "
         "held-out prompts at the last evaluation; `win_judge` is how often π's response beats ρ's to the same "
         "prompt by the judge (ties ½); `rm_acc_*` is how often the reward model orders two responses to one "
-        "prompt as the oracle does, on ρ's samples and on π's.",
+        "prompt as the oracle does, on ρ's samples and on π's; `win_judge_kl6` is the win rate at the last "
+        "evaluation (PPO step `kl6_step`) where KL(π‖ρ) was at most 6 nats.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),

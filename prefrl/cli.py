@@ -1,4 +1,4 @@
-"""``prefrl train | label | export | eval | plot``: the command line.
+"""``prefrl train | label | export | eval | plot | bench``: the command line.
 
 Every user mistake ends in one line on stderr naming the problem and the fix, and exit status 2.
 """
@@ -55,9 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("plot", help="(re)draw a run's plots")
     p.add_argument("run", type=Path)
 
+    p = sub.add_parser("bench", help="run a grid of experiments × methods × seeds; tables and plots of the results")
+    p.add_argument("grid", type=Path, help="grid TOML (see benchmarks/grids/)")
+    p.add_argument("--workers", type=int, default=2, help="runs at once (local processes, or Ray tasks in flight)")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="run on Ray: auto, HOST:PORT of a running cluster, or local (start one here)")  # fmt: skip
+    p.add_argument("--runs", type=Path, help="run directories (default: benchmarks/runs/GRID)")
+    p.add_argument("--out", type=Path, help="results: runs.csv, summary.md, plots (default: benchmarks/results/GRID)")
+    p.add_argument("--status", action="store_true", help="show where every run stands and rewrite the results")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     args = parser.parse_args(argv)
     try:
-        return {"train": _train, "label": _label, "export": _export, "eval": _eval, "plot": _plot}[args.command](args)
+        commands = {"train": _train, "label": _label, "export": _export, "eval": _eval, "plot": _plot, "bench": _bench}
+        return commands[args.command](args)
     except (ConfigError, DataError, FileNotFoundError, FloatingPointError) as e:
         print(f"prefrl: error: {e}", file=sys.stderr)
         return 2
@@ -66,10 +77,46 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _text_run(args: argparse.Namespace) -> bool:
+    """Whether ``prefrl train`` was given a text experiment (``kind = "text"``) or a text run to resume."""
+    from prefrl.text.rlhf import is_text_config
+
+    if args.resume is not None:
+        return is_text_config(args.resume / "config.toml")
+    return args.experiment is not None and is_text_config(args.experiment)
+
+
+def _train_text(args: argparse.Namespace) -> int:
+    from prefrl.text.rlhf import load_text_config, plot_text, train_text
+
+    if args.oracle == "human" or args.db:
+        raise ConfigError("text runs take synthetic oracles here; label text pairs in the browser with `prefrl label`")
+    if args.resume is not None:
+        if args.experiment or args.overrides:
+            raise ConfigError("--resume takes the run's saved config; drop the experiment file and --set")
+        path = args.resume
+        cfg = load_text_config(path / "config.toml")
+    else:
+        cfg = load_text_config(args.experiment, args.overrides)
+        path = args.run_dir or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"prefrl: run directory {path}", file=sys.stderr)
+    result = train_text(cfg, path, progress=not args.no_progress)
+    print(
+        f"prefrl: {cfg.model}, {cfg.reward_source} reward, {result['labels']} labels: held-out score "
+        f"{result['eval/score']:.3f} (judge {result['eval/judge']:.3f}) at KL {result['eval/kl']:.2f}",
+        file=sys.stderr,
+    )
+    for plot in plot_text(path):
+        print(f"prefrl: wrote {plot}", file=sys.stderr)
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from prefrl.loop import check_config, train
     from prefrl.run import RunDir
 
+    if _text_run(args):
+        return _train_text(args)
     if args.simulate_labeler:
         args.oracle = "human"
     if args.resume is not None:
@@ -84,6 +131,8 @@ def _train(args: argparse.Namespace) -> int:
         cfg = load_config(args.experiment, overrides)
         run = RunDir(args.run_dir or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     check_config(cfg)
+    if args.db and not (cfg.oracle.kind == "human" and cfg.reward_source == "learned"):
+        raise ConfigError("--db names the web labeler's label store; it needs --oracle human")
     print(f"prefrl: run directory {run.path}", file=sys.stderr)
     if cfg.oracle.kind == "human" and cfg.reward_source == "learned":
         return _train_with_labeler(args, cfg, run)
@@ -115,19 +164,28 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--host", default="127.0.0.1", help="address to listen on; any but loopback needs a token")
     g.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
     g.add_argument("--token", help="access token (generated when listening beyond loopback)")
-    g.add_argument("--clip-fps", type=int, default=0, help="clip frames per second (0: the env's own)")
+    g.add_argument("--db", metavar="URL",
+                   help="label store: a SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db (default: "
+                        "the run's labels.sqlite); give `prefrl label` the same URL")  # fmt: skip
+    g.add_argument("--clip-fps", type=int, default=30,
+                   help="most frames a second in a clip, played in real time by skipping steps (0: all)")  # fmt: skip
     g.add_argument("--clip-size", type=int, default=256, help="longer side of a clip in pixels")
-    g.add_argument("--render-workers", type=int, default=1, help="threads rendering clips ahead of the labelers")
+    g.add_argument("--clip-effects", action="store_true",
+                   help="MuJoCo shadows, reflections, skybox, antialiasing (many times slower to render)")  # fmt: skip
+    g.add_argument("--render-workers", type=int, default=0,
+                   help="processes rendering clips (0: one per core, at most 4)")  # fmt: skip
+    g.add_argument("--prefetch", type=int, default=10,
+                   help="queued questions whose clips are rendered ahead of the labelers")  # fmt: skip
 
 
 def _labeler(args: argparse.Namespace, run_path: Path, cfg) -> Any:
     from prefrl.labeler import LabelerServer
 
-    if args.clip_size < 16 or args.clip_size > 2048 or args.clip_fps < 0 or args.render_workers < 1:
-        raise ConfigError("--clip-size must be 16..2048, --clip-fps ≥ 0 and --render-workers ≥ 1")
+    if args.clip_size < 16 or args.clip_size > 2048 or min(args.clip_fps, args.render_workers, args.prefetch) < 0:
+        raise ConfigError("--clip-size must be 16..2048; --clip-fps, --render-workers and --prefetch ≥ 0")
     try:
         return LabelerServer(
-            run_path / "labels.sqlite",
+            args.db or run_path / "labels.sqlite",
             clip_dir=run_path / "clips",
             host=args.host,
             port=args.port,
@@ -136,7 +194,9 @@ def _labeler(args: argparse.Namespace, run_path: Path, cfg) -> Any:
             env_kwargs=dict(cfg.env.kwargs),
             clip_fps=args.clip_fps,
             clip_size=args.clip_size,
+            clip_effects=args.clip_effects,
             render_workers=args.render_workers,
+            prefetch=args.prefetch,
         )
     except OSError as e:
         raise ConfigError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); pick another --port") from None
@@ -153,7 +213,7 @@ def _label(args: argparse.Namespace) -> int:
     from prefrl.run import RunDir
 
     run = RunDir(args.run)
-    if not run.labels_path.exists():
+    if args.db is None and not run.labels_path.exists():
         raise FileNotFoundError(f"{run.path}: no labels.sqlite; start the run with `prefrl train EXP --oracle human`")
     cfg = run.load_config() if (run.path / "config.toml").exists() else TrainConfig()
     server = _labeler(args, run.path, cfg)
@@ -175,7 +235,14 @@ def _train_with_labeler(args: argparse.Namespace, cfg, run) -> int:
     from prefrl.plots import plot_run
 
     clip_state_fn(cfg)  # refuses environments whose clips cannot be rendered, before any compute
-    server = _labeler(args, run.path, cfg).start()
+    server = _labeler(args, run.path, cfg)
+    if args.db and args.resume is None and not server.queue.is_empty():
+        server.stop()
+        raise ConfigError(
+            f"--db {server.queue.shown} already holds another run's questions; give each run its own database "
+            "(or --resume the run that made them)"
+        )
+    server.start()
     _announce(server)
     stop, helper = threading.Event(), None
     if args.simulate_labeler:
@@ -214,7 +281,7 @@ def _export(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import dataclasses as dc
 
-    from prefrl.loop import evaluate, make_eval_env
+    from prefrl.loop import evaluate, make_eval_env, restore_normalization
     from prefrl.make import make_agent
     from prefrl.run import RunDir
 
@@ -222,8 +289,10 @@ def _eval(args: argparse.Namespace) -> int:
     cfg = dc.replace(run.load_config(), eval_episodes=args.episodes)
     if not (run.ckpt / "agent.zip").exists():
         raise FileNotFoundError(f"{run.path}: no checkpoint yet (checkpoint/agent.zip); let the run train a chunk")
-    venv = make_eval_env(cfg)
-    agent = type(make_agent(cfg.agent, venv, seed=cfg.seed)).load(run.ckpt / "agent.zip", device=cfg.agent.device)
+    fresh = make_agent(cfg.agent, make_eval_env(cfg), seed=cfg.seed)
+    env = fresh.get_env() if cfg.agent.normalize else None  # a VecNormalize to hold the saved statistics
+    agent = type(fresh).load(run.ckpt / "agent.zip", env=env, device=cfg.agent.device)
+    restore_normalization(agent, run)
     result = evaluate(agent, cfg)
     print(
         f"{cfg.env.id}: true return {result['eval/true_return']:.2f} ± {result['eval/true_return_std']:.2f} "
@@ -234,11 +303,38 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     from prefrl.run import RunDir
+    from prefrl.text.rlhf import is_text_config, plot_text
 
     run = RunDir(args.run)
-    for path in _draw_plots(run, run.load_config()):
+    paths = plot_text(args.run) if is_text_config(args.run / "config.toml") else _draw_plots(run, run.load_config())
+    for path in paths:
         print(f"prefrl: wrote {path}")
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from prefrl.bench import load_grid, run_grid, status, write_results
+
+    grid = load_grid(args.grid, runs_dir=args.runs)
+    out = args.out or Path("benchmarks") / "results" / grid.name
+    if args.status:
+        for s in status(grid):
+            print(f"{s['run']:<48} {s['state']:<12} {s['timesteps']:>10,} / {s['total']:,} steps")
+        for path in write_results(grid, out):
+            print(f"prefrl: wrote {path}", file=sys.stderr)
+        return 0
+    try:
+        report = run_grid(grid, out_dir=out, workers=args.workers, ray_address=args.ray_address,
+                          progress=not args.no_progress)  # fmt: skip
+    except KeyboardInterrupt:
+        print("prefrl: interrupted; run the same `prefrl bench` command again to resume the grid", file=sys.stderr)
+        return 130
+    for path in report.written:
+        print(f"prefrl: wrote {path}", file=sys.stderr)
+    for name, error in report.failed.items():
+        print(f"prefrl: error: run {name} failed: {error}", file=sys.stderr)
+    print(f"prefrl: {report.finished} of {report.planned} runs finished", file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":

@@ -76,6 +76,13 @@ class RewardConfig:
     center: str = "auto"
     """Zero of the agent's reward: ``absorbing`` (the state after termination pays 0), ``mean``, or ``auto``
     (absorbing once a terminated segment was seen, else mean)."""
+    std: float = 1.0
+    """Spread of each member's reward the agent sees, around that zero. The paper used 0.05 on Atari, about the
+    spread of clipped game rewards, so RL hyperparameters tuned on those still fit."""
+    blank: list[list[int]] = field(default_factory=list)
+    """Image observations: rectangles ``[top, bottom, left, right]`` (pixels of one frame, bottom and right
+    exclusive) the reward model sees as black, in every stacked frame. The paper hid each Atari game's score this
+    way, so the model cannot read the reward off the screen. The agent still sees the whole frame."""
 
 
 @dataclass
@@ -123,6 +130,9 @@ class AgentConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Hyperparameters passed to the algorithm; ``lin_X`` strings are linear schedules from X to 0."""
     device: str = "cpu"
+    normalize: bool = False
+    """Normalize the observations and rewards the agent sees with running statistics (SB3 ``VecNormalize``,
+    rl-baselines3-zoo's ``normalize: true``); the reward model and the logged returns see the raw ones."""
 
 
 @dataclass
@@ -137,6 +147,8 @@ class TrainConfig:
     """Agent steps between label rounds; 0 = 1/50 of total_timesteps, rounded to whole rollouts."""
     seed: int = 0
     eval_episodes: int = 20
+    eval_every: int = 0
+    """Also evaluate (``eval_episodes`` deterministic episodes, true reward) every this many steps (0: at the end)."""
     baseline: bool = False
     """Also train the same agent on the true reward and plot both."""
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -193,6 +205,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     need(cfg.total_timesteps > 0, "total_timesteps", "must be positive")
     need(cfg.chunk_steps >= 0, "chunk_steps", "must be ≥ 0")
     need(cfg.eval_episodes >= 0, "eval_episodes", "must be ≥ 0")
+    need(cfg.eval_every >= 0, "eval_every", "must be ≥ 0 (0 = evaluate at the end only)")
     need(cfg.env.n_envs >= 1, "env.n_envs", "must be ≥ 1")
     need(cfg.segments.length >= 0, "segments.length", "must be ≥ 0 (0 = pick by env kind)")
     need(cfg.segments.buffer_size >= 2, "segments.buffer_size", "must be ≥ 2")
@@ -208,6 +221,12 @@ def _check_ranges(cfg: TrainConfig) -> None:
     need(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1], "reward.l2_bounds", "must be [low, high] with 0 < low ≤ high")
     need(cfg.reward.initial_epochs >= 0 and cfg.reward.epochs >= 0, "reward.epochs", "must be ≥ 0")
     need(cfg.reward.max_labels >= 0, "reward.max_labels", "must be ≥ 0")
+    need(cfg.reward.std > 0, "reward.std", "must be positive")
+    need(
+        all(len(r) == 4 and 0 <= r[0] < r[1] and 0 <= r[2] < r[3] for r in cfg.reward.blank),
+        "reward.blank",
+        "must be rectangles [top, bottom, left, right] with top < bottom and left < right",
+    )
     need(cfg.labels.total >= 0, "labels.total", "must be ≥ 0")
     need(0 <= cfg.labels.initial_fraction <= 1, "labels.initial_fraction", "must be in [0, 1]")
     need(cfg.labels.t0 >= 0, "labels.t0", "must be ≥ 0")

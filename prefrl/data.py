@@ -57,6 +57,32 @@ class Segment:
         start: index, within the episode, of the segment's first step.
         states: optional ``(T, S)`` simulator state per step, to re-render the segment later.
         text: optional rendering of a text segment (prompt and continuation) for people.
+
+    Examples:
+        A 4-step window of an episode that terminated after its third step; the fourth step is absorbing
+        padding, which pays nothing:
+
+        >>> import numpy as np
+        >>> from prefrl.data import Segment
+        >>> seg = Segment(
+        ...     id=0,
+        ...     obs=np.zeros((4, 2), dtype=np.float32),
+        ...     actions=np.zeros(4, dtype=np.int64),
+        ...     true_rewards=np.array([1.0, 1.0, 1.0, 0.0]),
+        ...     length=3,
+        ...     terminated=True,
+        ...     env_id="CartPole-v1",
+        ... )
+        >>> seg.T, seg.true_return, seg.mask.tolist()
+        (4, 3.0, [1.0, 1.0, 1.0, 0.0])
+
+        Only a terminated episode may be padded:
+
+        >>> import dataclasses
+        >>> dataclasses.replace(seg, terminated=False)
+        Traceback (most recent call last):
+        ...
+        prefrl.data.DataError: segment 0: padded (3 of 4 steps real) but not terminated; ...
     """
 
     id: int
@@ -208,6 +234,17 @@ class Comparison:
         labeler: who answered (a teacher's name, or a person's).
         time: unix time of the answer.
         query_id: unique id; a repeated answer to the same query is stored once.
+
+    Examples:
+        >>> from prefrl.data import SKIP, TIE, Comparison
+        >>> Comparison(segment_ids=(7, 3), label=1).k  # segment 3 is better
+        2
+        >>> Comparison((7, 3), TIE).label, Comparison((7, 3, 5, 1), SKIP, source="human", labeler="ada").k
+        (-1, 4)
+        >>> Comparison((7, 3), label=2)
+        Traceback (most recent call last):
+        ...
+        prefrl.data.DataError: comparison ...: label 2 must be 0..1, TIE (-1) or SKIP (-2)
     """
 
     segment_ids: tuple[int, ...]
@@ -263,6 +300,22 @@ class ComparisonStore:
     """Comparisons and the segments they compare, in one SQLite file (WAL, committed per answer).
 
     Safe to share between threads of one process; several processes may open the same file.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import numpy as np
+        >>> from prefrl.data import Comparison, ComparisonStore, Segment
+        >>> def seg(i, r):
+        ...     return Segment(i, np.zeros((2, 1)), np.zeros(2), np.full(2, r), 2, terminated=False, env_id="Toy")
+        >>> with tempfile.TemporaryDirectory() as tmp, ComparisonStore(Path(tmp) / "labels.sqlite") as store:
+        ...     answer = Comparison((0, 1), label=1, labeler="ada")
+        ...     store.add(answer, [seg(0, 0.0), seg(1, 1.0)])
+        ...     store.add(answer)  # the same answer again (a retried request) is stored once
+        ...     len(store), store.comparisons()[0].labeler, store.segments([1])[1].true_return
+        True
+        False
+        (1, 'ada', 2.0)
     """
 
     def __init__(self, path: str | Path) -> None:

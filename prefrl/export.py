@@ -47,7 +47,23 @@ def read_run(run_path: Path) -> tuple[list[Comparison], dict[int, Segment]]:
 
 
 def export_run(run_path: Path, *, fmt: str, out: Path | None = None) -> tuple[Path, int]:
-    """Write a run's labels as ``fmt`` to ``out`` (default ``RUN/labels.FMT``); returns the path and the count."""
+    """Write a run's labels as ``fmt`` to ``out`` (default ``RUN/labels.FMT``); returns the path and the count.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import numpy as np
+        >>> from prefrl.data import Comparison, ComparisonStore, Segment
+        >>> from prefrl.export import export_run, read_npz
+        >>> segs = [Segment(i, np.zeros((3, 2)), np.zeros(3), np.full(3, float(i)), 3, False, "Toy") for i in (0, 1)]
+        >>> with tempfile.TemporaryDirectory() as run:
+        ...     with ComparisonStore(Path(run) / "labels.sqlite") as store:
+        ...         _ = store.add(Comparison((0, 1), label=1, labeler="ada"), segs)
+        ...     path, n = export_run(Path(run), fmt="npz")
+        ...     comparisons, segments = read_npz(path)  # what a replay run imports
+        ...     path.name, n, comparisons[0].labeler, comparisons[0].label, segments[1].true_return
+        ('labels.npz', 1, 'ada', 1, 3.0)
+    """
     if fmt not in FORMATS:
         raise DataError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
     comparisons, segments = read_run(run_path)

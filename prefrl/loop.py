@@ -8,6 +8,7 @@ checkpoint after every chunk lets a killed run resume without losing a label.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from tqdm import tqdm
 
 from prefrl.config import ConfigError, OracleConfig, TrainConfig
@@ -58,16 +59,20 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
     buffer = SegmentBuffer(cfg.segments.buffer_size)
     venv = make_vec_env(cfg.env, seed=cfg.seed)
     record = RecordSegments(venv, length=T, buffer=buffer, env_id=cfg.env.id, state_fn=clip_state_fn(cfg))
-    reward = RewardEnsemble(
-        record.observation_space,
-        record.action_space,
-        members=cfg.reward.members,
-        hidden=tuple(cfg.reward.hidden),
-        model=cfg.reward.model,
-        use_action={"auto": None, "yes": True, "no": False}[cfg.reward.use_action],
-        dropout=cfg.reward.dropout,
-        seed=cfg.seed,
-    )
+    try:
+        reward = RewardEnsemble(
+            record.observation_space,
+            record.action_space,
+            members=cfg.reward.members,
+            hidden=tuple(cfg.reward.hidden),
+            model=cfg.reward.model,
+            use_action={"auto": None, "yes": True, "no": False}[cfg.reward.use_action],
+            dropout=cfg.reward.dropout,
+            blank=cfg.reward.blank,
+            seed=cfg.seed,
+        )
+    except ValueError as e:  # a model that does not fit the env's spaces, a blanked region outside the frame
+        raise ConfigError(f"reward: {e}") from None
     trainer = RewardTrainer(
         reward,
         lr=cfg.reward.lr,
@@ -108,7 +113,7 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
         if any(c.label != SKIP for c in comparisons):
             segments = labels.segments(i for c in comparisons for i in c.segment_ids)
             metrics |= trainer.fit(comparisons, segments, epochs=epochs, min_steps=cfg.reward.min_steps)
-            normalize(reward, buffer, center=cfg.reward.center, rng=rng)
+            normalize(reward, buffer, center=cfg.reward.center, std=cfg.reward.std, rng=rng)
         return metrics
 
     # 1. Before RL: label segments of a random policy, fit the reward to them.
@@ -116,7 +121,10 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
         n0 = schedule.due(0)
         # Plenty of candidates: where a random policy rarely ends an episode (Acrobot), a few ends must be in there.
         state["random_steps"] = collect_random(
-            record, min_segments=max(10 * cfg.labels.k * n0, 200), max_steps=20 * max(10 * n0, 200) * T, rng=rng
+            record,
+            min_segments=min(max(10 * cfg.labels.k * n0, 200), buffer.capacity),
+            max_steps=20 * max(10 * n0, 200) * T,
+            rng=rng,
         )
         metrics = ask_and_fit(n0, cfg.reward.initial_epochs, wait=True)
         state["pretrained"] = True
@@ -126,6 +134,7 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
     while agent.num_timesteps < cfg.total_timesteps:
         # 2. The policy acts and learns on the predicted reward.
         wait_for_oracle(oracle, labels, max_pending=cfg.labels.max_pending)
+        since = agent.num_timesteps
         agent.learn(chunk, reset_num_timesteps=False, progress_bar=False)
         # 3-4. Queries due by now go to the oracle; the reward is refit to every comparison so far.
         metrics = ask_and_fit(schedule.due(agent.num_timesteps), cfg.reward.epochs)
@@ -135,6 +144,7 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
             **_label_counts(labels),
             **metrics,
             **rollout_metrics(agent, env),
+            **evaluate_due(agent, cfg, since),
         }
         log.log(row)
         write_segment_scatter(run, reward, buffer)
@@ -161,16 +171,23 @@ def train_true_reward(cfg: TrainConfig, run: RunDir, *, progress: bool = True) -
     state: dict[str, Any] = {"timesteps": 0, "wall_s": 0.0}
     if run.has_checkpoint():
         state = run.read_state()
-        agent = type(agent).load(run.ckpt / "agent.zip", env=venv, device=cfg.agent.device)
+        agent = type(agent).load(run.ckpt / "agent.zip", env=agent.get_env(), device=cfg.agent.device)
         agent.set_logger(configure(None, []))
+        restore_normalization(agent, run)
         log.truncate_after(agent.num_timesteps)
     pin_progress(agent, cfg.total_timesteps)
     clock = Stopwatch(offset=state["wall_s"])
     chunk = chunk_steps(cfg, agent)
     bar = tqdm(total=cfg.total_timesteps, initial=agent.num_timesteps, disable=not progress, unit="step", desc=cfg.name)
     while agent.num_timesteps < cfg.total_timesteps:
+        since = agent.num_timesteps
         agent.learn(chunk, reset_num_timesteps=False, progress_bar=False)
-        row = {"timesteps": agent.num_timesteps, "wall_s": clock(), **rollout_metrics(agent, None)}
+        row = {
+            "timesteps": agent.num_timesteps,
+            "wall_s": clock(),
+            **rollout_metrics(agent, None),
+            **evaluate_due(agent, cfg, since),
+        }
         log.log(row)
         save_agent(agent, run)
         run.write_state({"timesteps": agent.num_timesteps, "wall_s": clock()})
@@ -281,8 +298,10 @@ def wait_for_oracle(oracle: Oracle, labels: ComparisonStore, *, max_pending: int
         collect_answers(oracle, labels, timeout=1.0)
 
 
-def normalize(reward: RewardEnsemble, buffer: SegmentBuffer, *, center: str, rng: np.random.Generator) -> None:
-    """Rescale each member to unit std over recent real steps; pin the absorbing state at 0 when episodes end."""
+def normalize(
+    reward: RewardEnsemble, buffer: SegmentBuffer, *, center: str, std: float = 1.0, rng: np.random.Generator
+) -> None:
+    """Rescale each member to spread ``std`` over recent real steps; pin the absorbing state at 0 when episodes end."""
     segs = buffer.recent(1000)
     if not segs:
         return
@@ -293,7 +312,7 @@ def normalize(reward: RewardEnsemble, buffer: SegmentBuffer, *, center: str, rng
     if len(obs) > 20_000:
         idx = rng.choice(len(obs), size=20_000, replace=False)
         obs, act = obs[idx], act[idx]
-    reward.set_normalization(obs, act, center=center)
+    reward.set_normalization(obs, act, center=center, std=std)
 
 
 def rollout_metrics(agent: Any, env: LearnedReward | None) -> dict[str, float]:
@@ -312,6 +331,10 @@ def evaluate(agent: Any, cfg: TrainConfig) -> dict[str, float]:
     if cfg.eval_episodes <= 0:
         return {}
     venv = make_eval_env(cfg)
+    norm = agent.get_vec_normalize_env()
+    if norm is not None:  # the policy sees observations as it saw them in training; statistics frozen
+        venv = VecNormalize(venv, training=False, norm_reward=False)
+        venv.obs_rms = copy.deepcopy(norm.obs_rms)
     returns, lengths = evaluate_policy(agent, venv, n_eval_episodes=cfg.eval_episodes, return_episode_rewards=True)
     venv.close()
     return {
@@ -319,6 +342,15 @@ def evaluate(agent: Any, cfg: TrainConfig) -> dict[str, float]:
         "eval/true_return_std": float(np.std(returns)),
         "eval/ep_len": float(np.mean(lengths)),
     }
+
+
+def evaluate_due(agent: Any, cfg: TrainConfig, since: int) -> dict[str, float]:
+    """The periodic evaluation, when the last chunk (from step ``since``) crossed a multiple of ``cfg.eval_every``;
+    the end of the run has its own."""
+    every, t = cfg.eval_every, agent.num_timesteps
+    if every <= 0 or t >= cfg.total_timesteps or t // every == since // every:
+        return {}
+    return evaluate(agent, cfg)
 
 
 def write_segment_scatter(run: RunDir, reward: RewardEnsemble, buffer: SegmentBuffer, n: int = 500) -> None:
@@ -368,8 +400,9 @@ def _restore(run, cfg, agent, env, reward, trainer, buffer, record, log):
     buffer.load(run.ckpt / "buffer.npz")
     buffer.next_id = state["next_segment_id"]
     record.next_episode = state["next_episode"]
-    agent = type(agent).load(run.ckpt / "agent.zip", env=env, device=cfg.agent.device)
+    agent = type(agent).load(run.ckpt / "agent.zip", env=agent.get_env(), device=cfg.agent.device)
     agent.set_logger(configure(None, []))
+    restore_normalization(agent, run)
     log.truncate_after(agent.num_timesteps)
     return agent, state, restore_rng(state["rng"])
 
@@ -384,6 +417,26 @@ def chunk_steps(cfg: TrainConfig, agent: Any) -> int:
 def save_agent(agent: Any, run: RunDir) -> None:
     agent.save(run.ckpt / "agent.zip.tmp.zip", exclude=["_update_current_progress_remaining"])
     (run.ckpt / "agent.zip.tmp.zip").replace(run.ckpt / "agent.zip")
+    norm = agent.get_vec_normalize_env()
+    if norm is not None:  # running statistics as plain arrays, beside the agent
+        stats = {f"{name}_{k}": getattr(getattr(norm, name), k) for name in ("obs_rms", "ret_rms") for k in _RMS}
+        np.savez(run.ckpt / "normalize.tmp.npz", **stats)
+        (run.ckpt / "normalize.tmp.npz").replace(run.ckpt / "normalize.npz")
+
+
+_RMS = ("mean", "var", "count")
+
+
+def restore_normalization(agent: Any, run: RunDir) -> None:
+    """Put the saved observation and return statistics back into the agent's ``VecNormalize``, if it has one."""
+    norm = agent.get_vec_normalize_env()
+    if norm is None:
+        return
+    with np.load(run.ckpt / "normalize.npz") as stats:
+        for name in ("obs_rms", "ret_rms"):
+            rms = getattr(norm, name)
+            rms.mean, rms.var = stats[f"{name}_mean"], stats[f"{name}_var"]
+            rms.count = float(stats[f"{name}_count"])
 
 
 def pin_progress(agent: Any, total_timesteps: int) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor, VecNormalize
 
 from prefrl.config import AgentConfig, ConfigError, EnvConfig
 
@@ -80,21 +80,55 @@ def check_spaces(obs_space: gym.Space, act_space: gym.Space, env_id: str = "env"
 
 
 def make_vec_env(cfg: EnvConfig, *, seed: int, render_mode: str | None = None) -> VecEnv:
-    """``n_envs`` copies of the env, seeded, under a ``VecMonitor`` (so logged returns are the true ones)."""
+    """``n_envs`` copies of the env, seeded, under a ``VecMonitor`` (so logged returns are the true ones).
+
+    ALE games (``ALE/...``) have a ``Monitor`` per env instead, and get SB3's Atari preprocessing (84x84 grey,
+    max-pooled frame skip, no-op starts, an episode end at every lost life, clipped reward) and ``frame_stack``
+    stacked frames, channels first.
+    """
     env_id = resolve_env_id(cfg.id)
     if is_atari(env_id):
         from stable_baselines3.common.env_util import make_atari_env
         from stable_baselines3.common.vec_env import VecFrameStack, VecTransposeImage
 
+        env_kwargs, wrapper_kwargs = atari_kwargs(cfg.kwargs)
         venv = make_atari_env(
-            env_id, n_envs=cfg.n_envs, seed=seed, env_kwargs=dict(cfg.kwargs), vec_env_cls=_vec_cls(cfg)
+            env_id,
+            n_envs=cfg.n_envs,
+            seed=seed,
+            env_kwargs=env_kwargs,
+            wrapper_kwargs=wrapper_kwargs,
+            vec_env_cls=_vec_cls(cfg),
         )
-        venv = VecTransposeImage(VecFrameStack(venv, n_stack=cfg.frame_stack))
-        return VecMonitor(venv)
+        # Each env has a Monitor below SB3's Atari wrappers, which logs whole games with the unclipped score.
+        # No VecMonitor on top: it would count every lost life (an episode end for the agent) as a game.
+        return VecTransposeImage(VecFrameStack(venv, n_stack=cfg.frame_stack))
     fns = [lambda: _make_one(cfg, env_id, render_mode) for _ in range(cfg.n_envs)]
     venv = _vec_cls(cfg)(fns)
     venv.seed(seed)
     return VecMonitor(venv)
+
+
+def atari_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``env.kwargs`` of an ALE game split into ``gymnasium.make`` and ``AtariWrapper`` arguments.
+
+    ALE v5 repeats each action for 4 frames by itself, and SB3's ``AtariWrapper`` skips frames too (max-pooling
+    the last two, which removes sprite flicker); so the emulator steps single frames and ``frameskip`` (default 4)
+    goes to the wrapper.
+    """
+    env_kwargs = dict(kwargs)
+    skip = env_kwargs.pop("frameskip", 4)
+    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 1:
+        raise ConfigError(f"env.kwargs.frameskip: expected a whole number of frames ≥ 1, got {skip!r}")
+    return {**env_kwargs, "frameskip": 1}, {"frame_skip": skip}
+
+
+def make_atari(env_id: str, kwargs: dict[str, Any], *, render_mode: str | None = None) -> gym.Env:
+    """One ALE game with SB3's Atari preprocessing, as each training env has it (without the Monitor)."""
+    from stable_baselines3.common.atari_wrappers import AtariWrapper
+
+    env_kwargs, wrapper_kwargs = atari_kwargs(kwargs)
+    return AtariWrapper(gym.make(resolve_env_id(env_id), render_mode=render_mode, **env_kwargs), **wrapper_kwargs)
 
 
 def _vec_cls(cfg: EnvConfig) -> type[VecEnv]:
@@ -129,9 +163,41 @@ def _schedule(value: Any) -> Any:
     return value
 
 
+def _policy_kwargs(value: Any) -> Any:
+    """``activation_fn = "ReLU"`` in a TOML file names a ``torch.nn`` activation."""
+    if not isinstance(value, dict) or not isinstance(value.get("activation_fn"), str):
+        return value
+    import torch
+
+    name = value["activation_fn"].removeprefix("nn.")
+    fn = getattr(torch.nn, name, None)
+    if not (isinstance(fn, type) and issubclass(fn, torch.nn.Module)):
+        raise ConfigError(
+            f"agent.kwargs.policy_kwargs.activation_fn: '{name}' is not a torch.nn activation (ReLU, Tanh, ...)"
+        )
+    return {**value, "activation_fn": fn}
+
+
+def _optimizer_class(value: Any) -> Any:
+    """``optimizer_class = "RMSpropTFLike"`` in a TOML file names SB3's TensorFlow-style RMSprop (the tuned A2C
+    Atari setting), any other name a ``torch.optim`` optimizer."""
+    if not isinstance(value, dict) or not isinstance(value.get("optimizer_class"), str):
+        return value
+    import torch
+    from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+
+    name = value["optimizer_class"]
+    cls = RMSpropTFLike if name == "RMSpropTFLike" else getattr(torch.optim, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ConfigError(
+            f"agent.kwargs.policy_kwargs.optimizer_class: '{name}' is not RMSpropTFLike or a torch.optim optimizer"
+        )
+    return {**value, "optimizer_class": cls}
+
+
 def make_agent(cfg: AgentConfig, venv: VecEnv, *, seed: int, tensorboard_log: str | None = None) -> Any:
-    """An SB3 on-policy algorithm on ``venv``; off-policy ones are refused (their replay buffers would
-    keep rewards from stale reward models)."""
+    """An SB3 on-policy algorithm on ``venv`` (under ``VecNormalize`` with ``cfg.normalize``); off-policy ones
+    are refused (their replay buffers would keep rewards from stale reward models)."""
     import stable_baselines3 as sb3
     from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
@@ -158,6 +224,9 @@ def make_agent(cfg: AgentConfig, venv: VecEnv, *, seed: int, tensorboard_log: st
         shape = venv.observation_space.shape or ()
         policy = "CnnPolicy" if len(shape) == 3 and venv.observation_space.dtype == np.uint8 else "MlpPolicy"
     kwargs = {k: _schedule(v) for k, v in cfg.kwargs.items()}
+    kwargs["policy_kwargs"] = _optimizer_class(_policy_kwargs(kwargs.get("policy_kwargs")))
+    if cfg.normalize:  # the returns it normalizes by are discounted as the agent discounts them
+        venv = VecNormalize(venv, gamma=float(cfg.kwargs.get("gamma", 0.99)))
     try:
         return algo_cls(
             policy, venv, seed=seed, device=cfg.device, verbose=0, tensorboard_log=tensorboard_log, **kwargs

@@ -146,6 +146,23 @@ class SyntheticOracle(_ReadyAnswers):
         equal_threshold: relative return gap at or below which the best two tie (>= 0).
         seed: seed or generator; the same queries in the same order get the same labels.
         name: the ``labeler`` recorded in each comparison.
+
+    Examples:
+        >>> import numpy as np
+        >>> from prefrl.data import Query, Segment
+        >>> from prefrl.oracles import SyntheticOracle, ask, make_teacher
+        >>> def seg(i, rewards):
+        ...     r = np.asarray(rewards, dtype=float)
+        ...     return Segment(i, np.zeros((len(r), 1)), np.zeros(len(r)), r, len(r), False, "Toy")
+        >>> steady, late, idle, also_idle = seg(0, [1, 1, 1]), seg(1, [0, 0, 2.8]), seg(2, [0, 0, 0]), seg(3, [0, 0, 0])
+        >>> queries = [Query((idle, steady)), Query((idle, also_idle)), Query((idle, late, steady))]
+        >>> [c.label for c in ask(SyntheticOracle(), queries)]  # index of the best; -1 is a tie
+        [1, -1, 2]
+
+        A myopic teacher weighs the end of a segment more (B-Pref's ``gamma = 0.9``):
+
+        >>> [c.label for c in ask(make_teacher("myopic"), [Query((steady, late))])]
+        [1]
     """
 
     def __init__(
@@ -257,6 +274,15 @@ class ReplayOracle(_ReadyAnswers):
     """Answers from recorded comparisons of the same segments (in any order); otherwise :data:`SKIP`.
 
     When several recorded comparisons cover the same set of segments, the last one wins.
+
+    Examples:
+        >>> import numpy as np
+        >>> from prefrl.data import Comparison, Query, Segment
+        >>> from prefrl.oracles import ReplayOracle, ask
+        >>> a, b, c = (Segment(i, np.zeros((2, 1)), np.zeros(2), np.zeros(2), 2, False, "Toy") for i in range(3))
+        >>> replay = ReplayOracle([Comparison((0, 1), label=1, labeler="ada")])  # ada preferred segment 1
+        >>> [(x.label, x.labeler) for x in ask(replay, [Query((b, a)), Query((a, c))])]  # -2: never asked
+        [(0, 'ada'), (-2, 'replay')]
     """
 
     def __init__(self, comparisons: Sequence[Comparison]) -> None:

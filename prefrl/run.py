@@ -28,7 +28,19 @@ from prefrl.config import TrainConfig, from_dict, save_config
 
 
 class MetricsLog:
-    """CSV always (the header grows when new keys appear); TensorBoard when installed."""
+    """CSV always (the header grows when new keys appear); TensorBoard when installed.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from prefrl.run import MetricsLog
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     log = MetricsLog(Path(tmp) / "metrics.csv")
+        ...     log.log({"timesteps": 0, "labels/total": 25})
+        ...     log.log({"timesteps": 2048, "labels/total": 31, "reward/val_acc": 0.9})  # a new column
+        ...     (Path(tmp) / "metrics.csv").read_text().splitlines()
+        ['timesteps,labels/total,reward/val_acc', '0,25,', '2048,31,0.9']
+    """
 
     def __init__(self, path: Path, tb_dir: Path | None = None) -> None:
         self.path = path
@@ -78,6 +90,19 @@ class MetricsLog:
 
 
 class RunDir:
+    """A run's directory: ``config.toml``, ``metrics.csv``, ``labels.sqlite``, ``checkpoint/``, ``plots/``.
+
+    Examples:
+        >>> import tempfile
+        >>> from prefrl.config import load_config
+        >>> from prefrl.run import RunDir
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     run = RunDir(tmp)
+        ...     run.save_config(load_config(None, ["labels.total=50"]))
+        ...     run.load_config().labels.total, run.labels_path.name, run.has_checkpoint()
+        (50, 'labels.sqlite', False)
+    """
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)

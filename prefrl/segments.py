@@ -276,7 +276,7 @@ def select_queries(
             raise ValueError(f"tuples must be an (m >= {n}, {k}) array of segment indices, got shape {tuples.shape}")
     if sampler == "uniform" or ensemble is None:
         rows = tuples[:n] if tuples is not None else _candidate_tuples(segments, n, k, ends_share, rng)
-        return [Query(tuple(segments[j] for j in row)) for row in rows], {}
+        return [Query(tuple(segments[j] for j in row), id=rng.bytes(16).hex()) for row in rows], {}
     rows = tuples if tuples is not None else _candidate_tuples(segments, n * candidates, k, ends_share, rng)  # (m, k)
     used = np.unique(rows)
     returns = ensemble.returns_of([segments[j] for j in used])  # (K, U) raw returns: the loss's logits
@@ -293,7 +293,8 @@ def select_queries(
     else:
         raise ValueError(f"unknown sampler {sampler!r}; use uniform, disagreement or entropy")
     top = np.argsort(-score, kind="stable")[:n]
-    queries = [Query(tuple(segments[j] for j in rows[i])) for i in top]
+    # Ids from the run's generator: the validation split hashes them, so a seed fixes the whole run.
+    queries = [Query(tuple(segments[j] for j in rows[i]), id=rng.bytes(16).hex()) for i in top]
     return queries, {"labels/score_chosen": float(score[top].mean()), "labels/score_pool": float(score.mean())}
 
 

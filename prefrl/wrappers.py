@@ -18,6 +18,27 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 
 class LearnedReward(VecEnvWrapper):
+    """``reward`` ← the ensemble's mean normalized reward for the step's (observation, action); the env's own
+    reward goes to ``info["true_reward"]``. ``ensemble`` needs ``step_rewards(obs, actions) -> (K, n_envs)``.
+
+    Examples:
+        >>> import gymnasium as gym
+        >>> import numpy as np
+        >>> from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
+        >>> from prefrl.reward import RewardEnsemble
+        >>> from prefrl.wrappers import LearnedReward
+        >>> venv = VecMonitor(DummyVecEnv([lambda: gym.make("CartPole-v1")] * 2))  # the true return is logged
+        >>> ensemble = RewardEnsemble(venv.observation_space, venv.action_space, members=3, seed=0)
+        >>> env = LearnedReward(venv, ensemble)
+        >>> first = env.reset()
+        >>> actions = np.array([0, 1])
+        >>> obs, rewards, dones, infos = env.step(actions)
+        >>> [info["true_reward"] for info in infos], rewards.shape, rewards.dtype
+        ([1.0, 1.0], (2,), dtype('float32'))
+        >>> bool(np.allclose(rewards, ensemble.predict(first, actions)[0]))  # mean over members
+        True
+    """
+
     def __init__(self, venv: VecEnv, ensemble: Any) -> None:
         super().__init__(venv)
         self.ensemble = ensemble

@@ -90,17 +90,18 @@ def free_port() -> int:
 
 
 class Server:
-    """``prefrl label RUN`` in its own process."""
+    """``prefrl label RUN`` in its own process (``args``: more command-line arguments)."""
 
-    def __init__(self, run: Path) -> None:
+    def __init__(self, run: Path, args: tuple[str, ...] = ()) -> None:
         self.run = run
+        self.args = args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Server:
         cmd = [sys.executable, "-m", "prefrl.cli", "label", str(self.run), "--port", str(self.port)]
-        cmd += ["--clip-size", "128"]
+        cmd += ["--clip-size", "128", *self.args]
         env = {**os.environ, "SDL_AUDIODRIVER": "dummy"}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         deadline = time.monotonic() + 60
@@ -131,8 +132,8 @@ class Server:
 def serve():
     servers = []
 
-    def start(run: Path) -> Server:
-        servers.append(Server(run).start())
+    def start(run: Path, *args: str) -> Server:
+        servers.append(Server(run, args).start())
         return servers[-1]
 
     yield start
@@ -258,6 +259,37 @@ def test_segment_ids_beyond_32_bits_are_stored(store_url):
     queue.close()
 
 
+def test_a_bad_database_url_is_refused_with_what_to_do(tmp_path, capsys):
+    from prefrl.cli import main
+
+    make_run(tmp_path / "run", 1)
+    cases = {
+        "nosuch://host/db": "knows no database or driver 'nosuch'",
+        str(tmp_path / "missing" / "labels.sqlite"): "directory exists",  # a path is a SQLite file
+        "mysql+mysqldb://ada:s3cret@localhost/labels": "driver for 'mysql+mysqldb' is not installed",
+        "postgresql+psycopg://ada:s3cret@127.0.0.1:1/labels": "cannot open the label store",
+    }
+    for url, problem in cases.items():
+        assert main(["label", str(tmp_path / "run"), "--db", url, "--port", "0"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("prefrl: error: ") and err.count("\n") == 1, err
+        assert problem in err and "s3cret" not in err, err
+
+
+def test_a_fresh_run_refuses_a_database_holding_another_runs_questions(tmp_path, capsys):
+    from prefrl.cli import main
+
+    shared = tmp_path / "team.sqlite"
+    queue = LabelQueue(shared)
+    queue.add_queries(queries(cartpole_segments(4), 2))
+    queue.close()
+    url = f"sqlite:///{shared}"
+    assert main(["train", "--oracle", "human", "--db", url, "--run-dir", str(tmp_path / "r"), "--port", "0"]) == 2
+    assert "already holds another run's questions" in capsys.readouterr().err
+    assert main(["train", "--db", url, "--run-dir", str(tmp_path / "s")]) == 2  # with the synthetic oracle
+    assert "needs --oracle human" in capsys.readouterr().err
+
+
 # -- the HTTP API -----------------------------------------------------------------------------------
 
 
@@ -324,6 +356,50 @@ def test_8_clients_x_500_answers_are_stored_exactly_once(tmp_path, serve):
     assert db_rows(db, "SELECT COUNT(*), COUNT(DISTINCT query_id) FROM comparisons") == [(4000, 4000)]
     assert db_rows(db, "SELECT COUNT(*) FROM answers") == [(4000,)]
     assert db_rows(db, "SELECT COUNT(*) FROM queries WHERE answered = 0") == [(0,)]
+
+
+def test_a_label_server_with_db_renders_queued_clips_ahead_and_keeps_answers_in_that_database(
+    tmp_path, serve, postgres_url
+):
+    """``prefrl label RUN --db URL``: the queue, segments and answers are in that database (Postgres here), and
+    clips are rendered as soon as questions are queued, before anyone asks, also while the server runs."""
+    import sqlalchemy as sa
+
+    from prefrl.labeler.store import meta
+
+    engine = sa.create_engine(postgres_url)
+    meta.drop_all(engine)
+    engine.dispose()
+    queue = LabelQueue(postgres_url)
+    qs = queries(cartpole_segments(10), 2)
+    queue.add_queries(qs)
+    run = RunDir(tmp_path / "run")
+    run.save_config(TrainConfig(task="keep the pole upright"))  # the run directory has no labels.sqlite
+    server = serve(run.path, "--db", postgres_url)
+
+    def wait_for_clips(questions: list[Query]) -> None:
+        deadline = time.monotonic() + 120
+        while not all((run.path / "clips" / f"{s.id}.mp4").exists() for q in questions for s in q.segments):
+            assert time.monotonic() < deadline, "the clips of queued questions were not rendered"
+            time.sleep(0.2)
+
+    wait_for_clips(qs)
+    more = queries([Segment(**{**s.__dict__, "id": 100 + s.id}) for s in cartpole_segments(6, seed=1)], 2, seed=1)
+    queue.add_queries(more)  # as the training loop's HumanOracle.submit does
+    wait_for_clips(more)
+    session = uuid.uuid4().hex
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        for label in (0, 1):
+            q = http.post("/api/next", json={"session": session}).json()["query"]
+            clip = http.get(q["clips"][0])
+            assert clip.status_code == 200 and clip.headers["content-type"] == "video/mp4" and clip.content
+            body = {"answer_id": uuid.uuid4().hex, "query_id": q["id"], "label": label, "labeler": "ada"}
+            assert http.post("/api/answer", json=body | {"session": session}).status_code == 200
+    rows = store_rows(queue, "SELECT query_id, label, source, labeler FROM comparisons ORDER BY seq")
+    assert rows == [(qs[0].id, 0, "human", "ada"), (qs[1].id, 1, "human", "ada")]
+    assert store_rows(queue, "SELECT COUNT(*) FROM answers") == [(2,)]
+    assert not run.labels_path.exists()
+    queue.close()
 
 
 def test_kill_9_loses_no_acknowledged_answer(tmp_path, serve):

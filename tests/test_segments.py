@@ -119,6 +119,18 @@ def test_disagreement_sampler_asks_where_members_disagree():
     assert all(len({s.id for s in q.segments}) == 4 for q in four)
 
 
+def test_query_ids_come_from_the_run_generator_so_a_seed_repeats_the_run():
+    rec = record("CartPole-v1", T=10)
+    collect_random(rec, min_segments=50, max_steps=10_000, rng=np.random.default_rng(0))
+    segs = list(rec.buffer)
+    for sampler, ens in (("uniform", None), ("disagreement", FakeEnsemble())):
+        a, _ = select_queries(segs, n=8, sampler=sampler, ensemble=ens, rng=np.random.default_rng(3))
+        b, _ = select_queries(segs, n=8, sampler=sampler, ensemble=ens, rng=np.random.default_rng(3))
+        assert [q.id for q in a] == [q.id for q in b] and len({q.id for q in a}) == 8
+        c, _ = select_queries(segs, n=8, sampler=sampler, ensemble=ens, rng=np.random.default_rng(4))
+        assert not {q.id for q in a} & {q.id for q in c}
+
+
 def test_label_schedule():
     s = LabelSchedule(total=200, initial_fraction=0.25, t0=1000, total_timesteps=10_000)
     assert s.due(0) == 50

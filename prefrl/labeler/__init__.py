@@ -9,6 +9,7 @@ Needs the ``labeler`` extra: ``pip install 'prefrl[labeler]'``.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -33,11 +34,16 @@ def require_labeler() -> None:
 class LabelerServer:
     """The labeler for the label store at ``db`` (a SQLite path or SQLAlchemy URL), clips kept in ``clip_dir``.
 
+    Clips are rendered as soon as questions are queued (the store is looked at every ``poll_s``), for the
+    next ``prefetch`` open questions, by ``render_workers`` processes.
+
     Args:
         host, port: where to listen (port 0 picks a free one). Any host but loopback requires ``token``,
             generated when not given.
         task: what labelers should reward, shown on the page.
-        env_kwargs, clip_fps, clip_size, render_workers: clip rendering (see :class:`prefrl.clips.ClipCache`).
+        env_kwargs, clip_fps, clip_size, clip_effects, render_workers: clip rendering (``clip_fps`` is
+            ``max_fps``; see :class:`prefrl.clips.ClipCache`).
+        prefetch: open questions whose clips are rendered ahead of the labelers.
     """
 
     def __init__(
@@ -50,10 +56,13 @@ class LabelerServer:
         task: str = "",
         token: str | None = None,
         env_kwargs: dict[str, Any] | None = None,
-        clip_fps: int = 0,
+        clip_fps: int = 30,
         clip_size: int = 256,
-        render_workers: int = 1,
+        clip_effects: bool = False,
+        render_workers: int = 0,
+        prefetch: int = 10,
         lease_s: float = 120.0,
+        poll_s: float = 0.5,
     ) -> None:
         require_labeler()
         import uvicorn
@@ -71,11 +80,14 @@ class LabelerServer:
             clip_dir,
             load=self.queue.segment,
             env_kwargs=env_kwargs,
-            fps=clip_fps,
+            max_fps=clip_fps,
             size=clip_size,
+            effects=clip_effects,
             workers=render_workers,
         )
-        self.app = create_app(self.queue, self.clips, task=task, token=token)
+        self.app = create_app(self.queue, self.clips, task=task, token=token, prefetch=prefetch)
+        self.poll_s = poll_s
+        self._stop_ahead = threading.Event()
         self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
@@ -97,7 +109,21 @@ class LabelerServer:
 
     def run(self) -> None:
         """Serve in this thread until interrupted."""
-        self.server.run(sockets=[self._sock])
+        ahead = threading.Thread(target=self._render_ahead, name="labeler-render-ahead", daemon=True)
+        ahead.start()
+        try:
+            self.server.run(sockets=[self._sock])
+        finally:
+            self._stop_ahead.set()
+
+    def _render_ahead(self) -> None:
+        """Render the clips of newly queued questions before anyone asks for them."""
+        while not self._stop_ahead.is_set():
+            try:
+                self.app.state.render_ahead()
+            except Exception as e:  # a hiccup of the store must not end clip rendering; the next look retries
+                logging.getLogger(__name__).warning("rendering clips ahead: %s", e)
+            self._stop_ahead.wait(self.poll_s)
 
     def start(self) -> LabelerServer:
         """Serve in a background thread; returns once it accepts connections."""
@@ -111,6 +137,7 @@ class LabelerServer:
         return self
 
     def stop(self) -> None:
+        self._stop_ahead.set()
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)

@@ -34,8 +34,8 @@ from prefrl.labeler.store import Conflict, LabelQueue, OpenQuery
 STATIC = Path(__file__).parent / "static"
 ID = r"^[A-Za-z0-9_-]{8,64}$"
 NAME = r"^[\w .@'-]{1,64}$"
-PREFETCH = 3
-"""Questions beyond the current one whose clips are rendered ahead of time."""
+PREFETCH = 10
+"""Questions whose clips are rendered ahead of time, as soon as they are queued."""
 
 
 class Strict(BaseModel):
@@ -62,9 +62,17 @@ def new_token() -> str:
     return secrets.token_urlsafe(24)
 
 
-def create_app(queue: LabelQueue, clips: ClipCache | None, *, task: str = "", token: str | None = None) -> FastAPI:
+def create_app(
+    queue: LabelQueue,
+    clips: ClipCache | None,
+    *,
+    task: str = "",
+    token: str | None = None,
+    prefetch: int = PREFETCH,
+) -> FastAPI:
     """The labeler app over ``queue``; ``clips`` renders clips (None: clips are not served); with ``token``
-    every request must carry it."""
+    every request must carry it. ``app.state.render_ahead()`` starts rendering the clips of the next
+    ``prefetch`` open questions (call it whenever questions may have been queued)."""
     app = FastAPI(title="prefrl labeler", docs_url=None, redoc_url=None)
     page = (STATIC / "index.html").read_text()
 
@@ -96,12 +104,16 @@ def create_app(queue: LabelQueue, clips: ClipCache | None, *, task: str = "", to
             "texts": texts,
         }
 
-    def prefetch(current: OpenQuery | None) -> None:
+    def render_ahead(current: OpenQuery | None = None) -> None:
+        """``current`` (about to be watched) first, then the oldest open questions: the order labelers see them."""
         if clips is None:
             return
-        upcoming = [current] if current else []
-        upcoming += [q for q in queue.upcoming(PREFETCH + 1) if current is None or q.id != current.id]
-        clips.prefetch(i for q in upcoming[: PREFETCH + 1] for i in q.segment_ids if text_of(i) is None)
+        if current is not None:
+            clips.prefetch((i for i in current.segment_ids if text_of(i) is None), urgent=True)
+        upcoming = [q for q in queue.upcoming(prefetch + 1) if current is None or q.id != current.id]
+        clips.prefetch(i for q in upcoming[:prefetch] for i in q.segment_ids if text_of(i) is None)
+
+    app.state.render_ahead = render_ahead
 
     @app.get("/", response_class=HTMLResponse, dependencies=auth)
     def index() -> str:
@@ -118,7 +130,7 @@ def create_app(queue: LabelQueue, clips: ClipCache | None, *, task: str = "", to
     @app.post("/api/next", dependencies=auth)
     def next_query(body: SessionIn) -> dict:
         q = queue.lease_next(body.session)
-        prefetch(q)
+        render_ahead(q)
         return {"query": as_json(q), "progress": queue.progress(body.session)}
 
     @app.post("/api/answer", dependencies=auth)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from prefrl.config import ConfigError
 from prefrl.data import SKIP, TIE, Comparison, DataError, Query, Segment
 
 BIGINT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite's INTEGER is 64-bit already
@@ -105,26 +106,41 @@ class LabelQueue:
     def __init__(self, url: str | Path, *, lease_s: float = 120.0) -> None:
         self.url = database_url(url)
         self.lease_s = float(lease_s)
-        self.sqlite = self.url.startswith("sqlite")
+        self.engine, self.shown = _engine(self.url)
+        self.sqlite = self.engine.dialect.name == "sqlite"
         if self.sqlite:
-            self.engine = sa.create_engine(self.url, connect_args={"timeout": 30.0, "check_same_thread": False})
             sa.event.listen(self.engine, "connect", _sqlite_connect)
             sa.event.listen(self.engine, "begin", _sqlite_begin)
-        else:
-            self.engine = sa.create_engine(self.url, pool_pre_ping=True)
         # SQLite takes one writer at a time; queueing threads here beats spinning on the busy timeout.
         self._write_lock = threading.Lock() if self.sqlite else _NoLock()
         try:
             with self._write_lock:
                 meta.create_all(self.engine)
+        except sa.exc.OperationalError as e:
+            self.engine.dispose()
+            reason = str(e.orig).strip().splitlines()[0] if e.orig else type(e).__name__
+            hint = (
+                "check that its directory exists and is writable"
+                if self.sqlite
+                else "check the host, port, user, password and database name (the database must exist)"
+            )
+            raise ConfigError(f"{self.shown}: cannot open the label store ({reason}); {hint}") from None
         except sa.exc.DatabaseError as e:
-            raise DataError(f"{self.url}: not a usable label store ({e.orig}); move it aside or use another") from None
+            self.engine.dispose()
+            raise DataError(
+                f"{self.shown}: not a usable label store ({e.orig}); move it aside or use another"
+            ) from None
 
     def close(self) -> None:
         self.engine.dispose()
 
-    def _write(self):  # one committed transaction, serialized within the process on SQLite
-        return _Tx(self.engine.execution_options(write=True), self._write_lock)
+    def _write(self, *, durable: bool = True):
+        """One committed transaction, serialized within the process on SQLite. ``durable=False`` (a lease: losing
+        one to a power cut costs nothing) skips waiting for the disk; it is still safe from a killed process."""
+        tx = _Tx(self.engine.execution_options(write=True, durable=durable), self._write_lock)
+        if not durable and not self.sqlite:
+            tx.first = "SET LOCAL synchronous_commit TO OFF"
+        return tx
 
     # -- the training side ----------------------------------------------------------------------
     def add_queries(self, queries: Sequence[Query]) -> None:
@@ -152,6 +168,13 @@ class LabelQueue:
             ]
             if new:
                 conn.execute(queries_t.insert(), new)
+
+    def is_empty(self) -> bool:
+        """No segment and no question stored yet (a fresh store)."""
+        with self.engine.connect() as conn:
+            return conn.scalar(sa.select(segments_t.c.id).limit(1)) is None and (
+                conn.scalar(sa.select(queries_t.c.id).limit(1)) is None
+            )
 
     def open_query_ids(self) -> list[str]:
         with self.engine.connect() as conn:
@@ -184,7 +207,7 @@ class LabelQueue:
         """The question for ``session``: the one it already holds, else the oldest free one (leased to it)."""
         now = time.time() if now is None else now
         q = queries_t.c
-        with self._write() as conn:
+        with self._write(durable=False) as conn:
             row = conn.execute(
                 sa.select(q.id, q.segment_ids)
                 .where(q.answered == 0, q.lease_owner == session, q.lease_until > now)
@@ -307,6 +330,37 @@ class LabelQueue:
         return {"session": int(mine), "total": int(total), "queue": int(queue), "last_hour": int(hour)}
 
 
+def _engine(url: str) -> tuple[sa.Engine, str]:
+    """The engine for ``url`` and the URL as it may be shown (password hidden); refuses what cannot work."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise ConfigError(
+            f"{url!r} is not a database URL; give a SQLAlchemy URL such as "
+            "postgresql+psycopg://user:password@host:5432/labels, or a SQLite file path"
+        ) from None
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            engine = sa.create_engine(url, connect_args={"timeout": 30.0, "check_same_thread": False})
+        else:
+            engine = sa.create_engine(url, pool_pre_ping=True)
+    except sa.exc.NoSuchModuleError:
+        raise ConfigError(
+            f"{shown}: SQLAlchemy knows no database or driver '{parsed.drivername}'; "
+            "for Postgres use postgresql+psycopg://user:password@host:5432/labels"
+        ) from None
+    except ImportError as e:
+        hint = "; for Postgres: pip install 'prefrl[postgres]' and use postgresql+psycopg://..."
+        raise ConfigError(
+            f"{shown}: the database driver for '{parsed.drivername}' is not installed (no module {e.name}){hint}"
+        ) from None
+    if engine.dialect.is_async:
+        engine.dispose()
+        raise ConfigError(f"{shown}: '{parsed.drivername}' is an asyncio driver; use a synchronous one, e.g. psycopg")
+    return engine, shown
+
+
 def _segment_row(s: Segment) -> dict:
     return {
         "id": s.id,
@@ -322,7 +376,14 @@ def _segment_row(s: Segment) -> dict:
 
 def _sqlite_begin(conn: sa.Connection) -> None:
     # writers take the write lock up front (no lock upgrade, no deadlock); readers never wait for writers (WAL)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+    options = conn.get_execution_options()
+    if options.get("write"):
+        # FULL: the commit waits for the disk (an answer survives a power cut); NORMAL: the WAL reaches the OS,
+        # which survives a killed process, and the disk at the next FULL commit or checkpoint
+        conn.exec_driver_sql(f"PRAGMA synchronous={'FULL' if options.get('durable', True) else 'NORMAL'}")
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
 
 
 def _sqlite_connect(dbapi_conn, _record) -> None:
@@ -344,12 +405,16 @@ class _NoLock:
 class _Tx:
     def __init__(self, engine: sa.Engine, lock) -> None:
         self._engine, self._lock = engine, lock
+        self.first: str | None = None  # a statement to run first in the transaction
 
     def __enter__(self) -> sa.Connection:
         self._lock.__enter__()
         try:
             self._ctx = self._engine.begin()
-            return self._ctx.__enter__()
+            conn = self._ctx.__enter__()
+            if self.first:
+                conn.exec_driver_sql(self.first)
+            return conn
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise

@@ -53,6 +53,8 @@ class RewardEnsemble(nn.Module):
         model: ``"auto"`` (cnn for image obs, else mlp), ``"mlp"`` or ``"cnn"``.
         use_action: feed actions to the net; default True for mlp, False for cnn (as in the paper).
         dropout: dropout probability on the CNN's conv layers.
+        blank: rectangles ``[top, bottom, left, right]`` of image frames the model sees as zeros (e.g. an Atari
+            game's score, which would give the reward away); the agent's own observations are not touched.
         seed: seeds the initial weights.
     """
 
@@ -66,6 +68,7 @@ class RewardEnsemble(nn.Module):
         model: str = "auto",
         use_action: bool | None = None,
         dropout: float = 0.5,
+        blank: Sequence[Sequence[int]] = (),
         seed: int = 0,
     ):
         super().__init__()
@@ -73,7 +76,7 @@ class RewardEnsemble(nn.Module):
             raise ValueError(f"members must be >= 1, got {members}")
         if model not in ("auto", "mlp", "cnn"):
             raise ValueError(f"model must be 'auto', 'mlp' or 'cnn', got {model!r}")
-        self.obs_encoder = SpaceEncoder.of(observation_space, role="observation")
+        self.obs_encoder = SpaceEncoder.of(observation_space, role="observation", blank=blank)
         image = self.obs_encoder.kind == "image"
         if model == "auto":
             model = "cnn" if image else "mlp"
@@ -186,16 +189,18 @@ class RewardEnsemble(nn.Module):
 
     @torch.no_grad()
     def set_normalization(
-        self, obs: np.ndarray, actions: np.ndarray | None, *, center: str = "mean"
+        self, obs: np.ndarray, actions: np.ndarray | None, *, center: str = "mean", std: float = 1.0
     ) -> dict[str, float]:
         """Set per-member shift and scale from a sample of real steps ``(N, *obs_shape)``, ``(N, *act_shape)``.
 
         ``shift_k`` is the mean of r_k over the sample (``center="mean"``) or 0 (``center="absorbing"``, which
         keeps a terminated episode's absorbing state at exactly 0); ``scale_k`` the root mean square of
-        ``r_k - shift_k`` (the std, when centred on the mean).
+        ``r_k - shift_k`` (the std, when centred on the mean) divided by ``std``, the spread the agent then sees.
         """
         if center not in ("mean", "absorbing"):
             raise ValueError(f"center must be 'mean' or 'absorbing', got {center!r}")
+        if not std > 0:
+            raise ValueError(f"std must be positive, got {std}")
         if len(obs) < 2:
             raise ValueError(f"set_normalization needs at least 2 steps, got {len(obs)}")
         with _eval(self):
@@ -208,7 +213,7 @@ class RewardEnsemble(nn.Module):
         # the root mean square, so a reward that is nearly constant but far from 0 is not blown up.
         scale = (r - shift[:, None]).pow(2).mean(1).sqrt()
         self.shift.copy_(shift)
-        self.scale.copy_(scale.clamp_min(1e-6))
+        self.scale.copy_((scale / std).clamp_min(1e-6))
         return {
             "reward/norm_shift": float(self.shift.mean()),
             "reward/norm_scale": float(self.scale.mean()),

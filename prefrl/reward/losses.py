@@ -43,6 +43,15 @@ def preference_loss(returns: torch.Tensor, labels: torch.Tensor, epsilon: float 
 
     Returns:
         ``(..., M)`` loss, 0 where the label is SKIP.
+
+    Examples:
+        >>> import torch
+        >>> from prefrl.data import TIE
+        >>> from prefrl.reward import preference_loss
+        >>> returns = torch.tensor([[2.0, 0.0], [2.0, 0.0], [1.0, 3.0]])  # (M, k) summed segment rewards
+        >>> loss = preference_loss(returns, torch.tensor([0, 1, TIE]), epsilon=0.1)  # (M,)
+        >>> [round(x, 3) for x in loss.tolist()]  # agreeing, disagreeing, a tie
+        [0.171, 1.85, 1.01]
     """
     logp = log_preference_probs(returns, epsilon)  # (..., M, k)
     t = _targets(labels, returns.shape[-1])  # (..., M, k)

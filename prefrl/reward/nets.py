@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -47,7 +48,8 @@ class SpaceEncoder:
     """Turns a batch of one space's elements into net inputs (numpy, no torch call).
 
     ``kind`` is ``"image"`` (output ``(N, C, H, W)`` uint8, scaled by the net), ``"box"``, ``"onehot"``
-    (Discrete / MultiDiscrete) or ``"binary"`` (output ``(N, dim)`` float32).
+    (Discrete / MultiDiscrete) or ``"binary"`` (output ``(N, dim)`` float32). Images may have regions blanked
+    (zeroed in every channel), e.g. an Atari game's score, which would tell the reward model the reward.
     """
 
     space: gym.Space
@@ -59,15 +61,37 @@ class SpaceEncoder:
     offsets: np.ndarray | None = None  # (n_sub,) one-hot slot of each sub-action's first value
     nvec: np.ndarray | None = None  # (n_sub,)
     start: np.ndarray | None = None  # (n_sub,)
+    keep: np.ndarray | None = None  # (1, 1, H, W) uint8: 0 on blanked pixels, 1 elsewhere
+
+    @staticmethod
+    def blank_mask(shape: tuple[int, int], regions: Sequence[Sequence[int]]) -> np.ndarray:
+        """``(H, W)`` uint8, 0 inside the ``[top, bottom, left, right]`` rectangles (bottom, right exclusive)."""
+        h, w = shape
+        keep = np.ones((h, w), dtype=np.uint8)
+        for region in regions:
+            if len(region) != 4:
+                raise ValueError(f"blank region {list(region)}: expected [top, bottom, left, right]")
+            top, bottom, left, right = (int(v) for v in region)
+            if not (0 <= top < bottom <= h and 0 <= left < right <= w):
+                raise ValueError(
+                    f"blank region {list(region)} is not inside the {h}x{w} frame "
+                    f"(need 0 ≤ top < bottom ≤ {h} and 0 ≤ left < right ≤ {w})"
+                )
+            keep[top:bottom, left:right] = 0
+        return keep
 
     @classmethod
-    def of(cls, space: gym.Space, *, role: str) -> SpaceEncoder:
-        """Encoder for ``space``; ``role`` ("observation" / "action") names it in errors."""
+    def of(cls, space: gym.Space, *, role: str, blank: Sequence[Sequence[int]] = ()) -> SpaceEncoder:
+        """Encoder for ``space``; ``role`` ("observation" / "action") names it in errors. ``blank``: rectangles
+        ``[top, bottom, left, right]`` of an image space's frames to zero (see :meth:`blank_mask`)."""
         S = gym.spaces
         if is_image_space(space):
             last = _channels_last(space.shape)
             h, w, c = space.shape if last else (space.shape[1], space.shape[2], space.shape[0])
-            return cls(space, role, "image", int(np.prod(space.shape)), (c, h, w), last)
+            keep = cls.blank_mask((h, w), blank)[None, None] if len(blank) else None  # (1, 1, H, W)
+            return cls(space, role, "image", int(np.prod(space.shape)), (c, h, w), last, keep=keep)
+        if len(blank):
+            raise ValueError(f"blank regions need image observations (uint8 frames); the {role} space is {space}")
         if isinstance(space, S.Box):
             return cls(space, role, "box", int(np.prod(space.shape, dtype=np.int64)))
         if isinstance(space, S.Discrete):
@@ -102,7 +126,8 @@ class SpaceEncoder:
             )
         if self.kind == "image":
             x = x.astype(np.uint8, copy=False)
-            return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.channels_last else x
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.channels_last else x  # (N, C, H, W)
+            return x * self.keep if self.keep is not None else x  # a new array: the caller's frames stay whole
         if self.kind == "onehot":
             v = x.reshape(n, -1).astype(np.int64, copy=False) - self.start  # (N, n_sub)
             if v.size and (v.min() < 0 or (v >= self.nvec).any()):

@@ -1,0 +1,222 @@
+import csv
+import re
+import secrets
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import prefrl.loop as loop
+from prefrl.bench import RUNS_COLUMNS, load_grid, run_grid
+from prefrl.cli import main
+from prefrl.config import ConfigError, load_config
+from prefrl.data import ComparisonStore
+from prefrl.make import make_agent, make_vec_env
+from prefrl.run import RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "benchmarks" / "grids" / "smoke.toml"
+MUJOCO = [
+    "hopper",
+    "halfcheetah",
+    "walker2d",
+    "swimmer",
+    "ant",
+    "reacher",
+    "invertedpendulum",
+    "inverteddoublependulum",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The runs trained in this process share the cores with the pool's workers: one thread each, as they have."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def crash_after(n: int):
+    """A ``loop.checkpoint`` that kills the run (as Ctrl-C would) right after its ``n``-th checkpoint."""
+    real, calls = loop.checkpoint, {"n": 0}
+
+    def checkpoint(*args, **kwargs):
+        real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+
+    return checkpoint
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    """The smoke grid through the local pool of 2 processes, one of its runs killed part-way beforehand."""
+    base = tmp_path_factory.mktemp("bench")
+    runs, out = base / "runs", base / "results"
+    grid = load_grid(SMOKE, runs_dir=runs)
+    killed = next(j for j in grid.jobs if j.method == "prefrl" and j.experiment == "cartpole" and j.seed == 1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "checkpoint", crash_after(3))
+        with pytest.raises(KeyboardInterrupt):
+            loop.train(killed.config, RunDir(killed.run_dir), progress=False)
+    before = SimpleNamespace(
+        metrics=(killed.run_dir / "metrics.csv").read_text().splitlines(),
+        labels={c.query_id: c for c in ComparisonStore(killed.run_dir / "labels.sqlite").comparisons()},
+    )
+    rc = main(["bench", str(SMOKE), "--runs", str(runs), "--out", str(out), "--workers", "2", "--no-progress"])
+    return SimpleNamespace(rc=rc, grid=grid, runs=runs, out=out, killed=killed, before=before)
+
+
+def test_local_pool_runs_the_grid_and_writes_table_summary_and_plots(pool):
+    assert pool.rc == 0
+    rows = read_rows(pool.out / "runs.csv")
+    assert list(rows[0]) == RUNS_COLUMNS
+    assert len(pool.grid.jobs) == 8  # 2 envs x (true reward + 20 labels) x 2 seeds
+    for job in pool.grid.jobs:
+        mine = [
+            r for r in rows if (r["experiment"], r["method"], r["seed"]) == (job.experiment, job.method, str(job.seed))
+        ]
+        assert [int(r["timesteps"]) for r in mine] == [2048, 4096]  # eval_every = 2048, and the end
+        assert all(r["true_return"] not in ("", "nan") for r in mine)
+        if job.method == "prefrl":
+            assert mine[-1]["labels_used"] == "20" and mine[-1]["labels"] == "20"
+            assert all(r["predicted_return"] != "" for r in mine)
+        else:
+            assert {r["labels_used"] for r in mine} == {"0"} and {r["predicted_return"] for r in mine} == {""}
+    summary = (pool.out / "summary.md").read_text()
+    assert "Runs finished: 8 of 8." in summary
+    for env in ("CartPole-v1", "Pendulum-v1"):
+        assert any(f"| {env} | PPO, true reward |" in line and "| 2/2 |" in line for line in summary.splitlines())
+        assert any(f"| {env} | prefrl | 20 | disagreement | 2/2 |" in line for line in summary.splitlines())
+    for name in ("returns.png", "returns-cartpole.png", "returns-Pendulum-v1.png"):
+        png = (pool.out / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_with_its_labels(pool):
+    after = (pool.killed.run_dir / "metrics.csv").read_text().splitlines()
+    assert len(pool.before.metrics) >= 3
+    assert after[1 : len(pool.before.metrics)] == pool.before.metrics[1:]  # rows before the kill kept, not redone
+    labels = {c.query_id: c for c in ComparisonStore(pool.killed.run_dir / "labels.sqlite").comparisons()}
+    assert 0 < len(pool.before.labels) < 20 and len(labels) == 20
+    assert all(labels[q] == c for q, c in pool.before.labels.items())
+
+
+def test_running_a_finished_grid_again_trains_nothing(pool, capsys):
+    stamps = {j.name: (j.run_dir / "metrics.csv").stat().st_mtime_ns for j in pool.grid.jobs}
+    report = run_grid(load_grid(SMOKE, runs_dir=pool.runs), out_dir=pool.out, progress=False)
+    assert report.ran == [] and report.finished == 8 and report.failed == {}
+    assert "8 runs, 8 finished, 0 to resume, 0 to start" in capsys.readouterr().err
+    assert stamps == {j.name: (j.run_dir / "metrics.csv").stat().st_mtime_ns for j in pool.grid.jobs}
+    assert main(["bench", str(SMOKE), "--runs", str(pool.runs), "--out", str(pool.out), "--status"]) == 0
+    assert capsys.readouterr().out.count("finished") == 8
+
+
+def test_every_grid_run_is_an_ordinary_run_directory(pool, capsys):
+    run = pool.grid.jobs[1].run_dir
+    assert main(["plot", str(run)]) == 0
+    assert (run / "plots" / "returns.png").exists()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # finished: its result, no training
+    assert "eval return" in capsys.readouterr().err
+
+
+def test_a_changed_grid_is_refused_before_it_mixes_runs(pool, tmp_path):
+    changed = tmp_path / "smoke.toml"
+    changed.write_text(SMOKE.read_text().replace("timesteps = 4096", "timesteps = 8192"))
+    with pytest.raises(ConfigError, match="was started with total_timesteps = 4096, the grid now gives 8192"):
+        load_grid(changed, runs_dir=pool.runs)
+
+
+def test_ray_runs_the_same_grid_and_skips_the_finished_runs(pool, tmp_path, monkeypatch, capsys):
+    # A local Ray instance with its own token (Ray's default token auth would write one under the home directory).
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    done = [j for j in pool.grid.jobs if not (j.experiment == "cartpole" and j.seed == 1)]
+    for job in done:  # finished already; Ray trains CartPole's seed 1, with and without preferences
+        shutil.copytree(job.run_dir, runs / job.name)
+    stamps = {j.name: (runs / j.name / "metrics.csv").stat().st_mtime_ns for j in done}
+    args = ["bench", str(SMOKE), "--runs", str(runs), "--out", str(out), "--no-progress"]
+    assert main([*args, "--ray-address", "local", "--workers", "2"]) == 0
+    assert "8 runs, 6 finished, 0 to resume, 2 to start, on Ray at local" in capsys.readouterr().err
+    assert stamps == {j.name: (runs / j.name / "metrics.csv").stat().st_mtime_ns for j in done}
+    rows = read_rows(out / "runs.csv")
+    assert {(r["experiment"], r["method"], r["seed"]) for r in rows if r["timesteps"] == "4096"} == {
+        (j.experiment, j.method, str(j.seed)) for j in pool.grid.jobs
+    }
+    assert "Runs finished: 8 of 8." in (out / "summary.md").read_text()
+    assert (out / "returns.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[[experiments]]\nexperimnt = "cartpole"', "unknown key 'experimnt'; did you mean 'experiment'?"),
+        ('seed = [0]\n[[experiments]]\nexperiment = "cartpole"', "unknown key 'seed'; did you mean 'seeds'?"),
+        ('[[experiments]]\nexperiment = "no-such-task"', "experiment 'no-such-task' not found"),
+        ('[[experiments]]\nexperiment = "cartpole"\nenv = "CartPole-v1"', "exactly one of experiment"),
+        ('labels = [0]\n[[experiments]]\nexperiment = "cartpole"', "labels = [0] must be a list of integers ≥ 1"),
+        ('seeds = "0"\n[[experiments]]\nexperiment = "cartpole"', "'seeds' must be list"),
+        ('set = ["labels.totl=3"]\n[[experiments]]\nenv = "CartPole-v1"', "did you mean 'labels.total'"),
+        ('samplers = ["best"]\nlabels = [5]\n[[experiments]]\nenv = "CartPole-v1"', "is not one of uniform"),
+        ('[[experiments]]\nenv = "CartPole-v1"\n[[experiments]]\nenv = "CartPole-v1"', "a second experiment named"),
+        ('true_reward = false\n[[experiments]]\nenv = "CartPole-v1"', "nothing to run"),
+        ('name = "a b"\n[[experiments]]\nenv = "CartPole-v1"', "grid name 'a b'"),
+        ("seeds = [0]", "names no experiments"),
+    ],
+)
+def test_grid_file_mistakes_are_refused_in_one_line(tmp_path, capsys, text, message):
+    path = tmp_path / "grid.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_grid(path, runs_dir=tmp_path / "runs")
+    assert main(["bench", str(path), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prefrl: error: ") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_mujoco_experiments_build_with_the_tuned_ppo():
+    for name in MUJOCO:
+        cfg = load_config(ROOT / "experiments" / f"{name}.toml")
+        loop.check_config(cfg)
+        assert cfg.agent.normalize and cfg.labels.t0 == 2_000_000 and cfg.labels.initial_fraction == 0.25
+        assert cfg.reward.members == 3 and cfg.reward.hidden == [64, 64] and cfg.labels.sampler == "disagreement"
+    cfg = load_config(ROOT / "experiments" / "hopper.toml")
+    agent = make_agent(cfg.agent, make_vec_env(cfg.env, seed=0), seed=0)
+    assert agent.get_vec_normalize_env() is not None and agent.gamma == 0.999
+    assert isinstance(agent.policy.mlp_extractor.policy_net[1], torch.nn.ReLU)
+    assert loop.default_segment_length(cfg.env) == 188  # ~1.5 s at dt = 0.008
+
+
+def test_normalization_statistics_survive_a_resume_and_reach_the_evaluation(tmp_path, monkeypatch, capsys):
+    tiny = ["total_timesteps=4096", "labels.total=12", "eval_episodes=2", "baseline=false", "chunk_steps=1024",
+            "segments.length=20", "reward.initial_epochs=10", "agent.normalize=true"]  # fmt: skip
+    cfg = load_config(None, tiny)
+    run = RunDir(tmp_path / "run")
+    monkeypatch.setattr(loop, "checkpoint", crash_after(2))
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, run, progress=False)
+    killed_at = run.read_state()["timesteps"]
+    assert 0 < killed_at < cfg.total_timesteps
+    monkeypatch.undo()
+    loop.train(run.load_config(), run, progress=False)
+    with np.load(run.ckpt / "normalize.npz") as saved:
+        # Every observation since the start is in the statistics, not only those after the resume.
+        assert float(saved["obs_rms_count"]) > cfg.total_timesteps
+    assert main(["eval", str(run.path), "--episodes", "2"]) == 0
+    assert "true return" in capsys.readouterr().out
+
+
+def test_periodic_evaluation_is_off_unless_asked_for():
+    assert load_config(None, []).eval_every == 0
