@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -137,18 +135,9 @@ def plots(rows: list[dict], runs: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def machine() -> str:
-    import torch
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    cpu = platform.processor() or platform.machine()
-    return (
-        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-        f"commit {commit.stdout.strip() or '?'}, {time.strftime('%Y-%m-%d')}"
-    )
-
-
 def write_md(rows: list[dict], out: Path) -> None:
+    from prefrl.bench import machine
+
     lines = [
         "# Text RLHF",
         "",

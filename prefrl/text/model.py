@@ -207,10 +207,10 @@ class GPT(nn.Module):
         return F.pad(tokens, (0, max_new_tokens - tokens.shape[1]))  # (B, max_new_tokens)
 
 
-def left_pad(prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id lists -> ``(B, P)`` left-padded ids and their ``(B, P)`` attention mask."""
+def left_pad(prompts: Sequence[Sequence[int]], *, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> ``(B, P)`` ids left-padded with ``pad_id`` and their ``(B, P)`` bool attention mask."""
     P = max(len(p) for p in prompts)
-    ids = torch.zeros(len(prompts), P, dtype=torch.long)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
     mask = torch.zeros(len(prompts), P, dtype=torch.bool)
     for i, p in enumerate(prompts):
         if len(p):

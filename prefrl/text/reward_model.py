@@ -31,7 +31,7 @@ from torch import nn
 
 from prefrl.data import SKIP, Comparison, DataError, Segment
 from prefrl.reward.losses import preference_loss
-from prefrl.reward.trainer import val_hash
+from prefrl.reward.trainer import ComparisonGroup, group_by_k, val_hash
 from prefrl.text.lm import LanguageModel, Rollout
 
 
@@ -178,24 +178,6 @@ class TextRewardModel(nn.Module):
         return {} if self.norm_batch is None else self.normalize(self.norm_batch)
 
 
-class _Group:
-    """Comparisons with the same k: rows ``idx`` ``(n, k)`` into the fit's segment batch, labels ``(n,)``."""
-
-    def __init__(self, comparisons: list[Comparison], row: dict[int, int]) -> None:
-        self.idx = torch.tensor([[row[i] for i in c.segment_ids] for c in comparisons], dtype=torch.long)  # (n, k)
-        self.labels = torch.tensor([c.label for c in comparisons], dtype=torch.long)  # (n,)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def _groups(comparisons: list[Comparison], row: dict[int, int]) -> list[_Group]:
-    by_k: dict[int, list[Comparison]] = {}
-    for c in comparisons:
-        by_k.setdefault(c.k, []).append(c)
-    return [_Group(cs, row) for _, cs in sorted(by_k.items())]
-
-
 class TextRewardTrainer:
     """Fits a :class:`TextRewardModel` to pair and best-of-k comparisons of text segments.
 
@@ -276,7 +258,7 @@ class TextRewardTrainer:
                 )
             batch = self.model.batch([segments[i] for i in ids])
             row = {sid: r for r, sid in enumerate(ids)}
-            train_g, val_g = _groups(train, row), _groups(val, row)
+            train_g, val_g = group_by_k(train, row), group_by_k(val, row)
             feats = self._frozen_features(batch) if self.frozen else None  # (S, E) or None
             K = self.model.members
             # Each head's bootstrap resample as multiplicities: (K, n) counts per group, summing to n per head.
@@ -318,7 +300,7 @@ class TextRewardTrainer:
         return r[:, inverse]  # (K, b, k)
 
     def _train_epoch(
-        self, batch: Rollout, feats: torch.Tensor | None, groups: list[_Group], weights: list[torch.Tensor]
+        self, batch: Rollout, feats: torch.Tensor | None, groups: list[ComparisonGroup], weights: list[torch.Tensor]
     ) -> None:
         m, bs = self.model, self.batch_size
         chunks = []  # (group, positions)
@@ -348,7 +330,9 @@ class TextRewardTrainer:
             self.steps += 1
 
     @torch.no_grad()
-    def evaluate(self, batch: Rollout, feats: torch.Tensor | None, groups: list[_Group]) -> tuple[float, float]:
+    def evaluate(
+        self, batch: Rollout, feats: torch.Tensor | None, groups: list[ComparisonGroup]
+    ) -> tuple[float, float]:
         """Mean loss and accuracy on strict (non-tie) labels, averaged over heads, in eval mode."""
         m = self.model
         m.eval()
