@@ -24,6 +24,18 @@ def val_hash(query_id: str) -> float:
     return int.from_bytes(hashlib.md5(query_id.encode()).digest()[:8], "big") / 2.0**64
 
 
+def split_comparisons(
+    comparisons: Sequence[Comparison], val_fraction: float
+) -> tuple[list[Comparison], list[Comparison]]:
+    """Answered (not skipped) comparisons -> ``(train, val)`` by :func:`val_hash`; all train when none would be."""
+    answered = [c for c in comparisons if c.label != SKIP]
+    train = [c for c in answered if val_hash(c.query_id) >= val_fraction]
+    val = [c for c in answered if val_hash(c.query_id) < val_fraction]
+    if not train:  # too few answers to hold any out
+        train, val = val, []
+    return train, val
+
+
 class ComparisonGroup:
     """Comparisons with the same k: bank rows ``idx`` ``(n, k)`` and labels ``(n,)``."""
 
@@ -124,11 +136,7 @@ class RewardTrainer:
         t0 = time.perf_counter()
         if epochs < 0 or min_steps < 0:
             raise ValueError(f"epochs and min_steps must be >= 0, got {epochs} and {min_steps}")
-        answered = [c for c in comparisons if c.label != SKIP]
-        train = [c for c in answered if val_hash(c.query_id) >= self.val_fraction]
-        val = [c for c in answered if val_hash(c.query_id) < self.val_fraction]
-        if not train:  # too few answers to hold any out
-            train, val = val, []
+        train, val = split_comparisons(comparisons, self.val_fraction)
         metrics = {
             "reward/train_loss": math.nan,
             "reward/val_loss": math.nan,
@@ -147,7 +155,7 @@ class RewardTrainer:
             return metrics
 
         # Net inputs of every referenced segment, once: (S, T, ...) and mask (S, T).
-        ids = list(dict.fromkeys(i for c in answered for i in c.segment_ids))
+        ids = list(dict.fromkeys(i for c in (*train, *val) for i in c.segment_ids))
         missing = [i for i in ids if i not in segments]
         if missing:
             raise ValueError(f"comparisons refer to segments {missing[:5]} missing from `segments`; pass all of them")

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from prefrl.data import SKIP, Comparison, DataError, Segment
+from prefrl.data import Comparison, DataError, Segment
 from prefrl.reward.losses import preference_loss
-from prefrl.reward.trainer import ComparisonGroup, group_by_k, val_hash
+from prefrl.reward.trainer import ComparisonGroup, group_by_k, split_comparisons
 from prefrl.text.lm import LanguageModel, Rollout
 
 
@@ -235,11 +235,7 @@ class TextRewardTrainer:
         t0 = time.perf_counter()
         if epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {epochs}")
-        answered = [c for c in comparisons if c.label != SKIP]
-        train = [c for c in answered if val_hash(c.query_id) >= self.val_fraction]
-        val = [c for c in answered if val_hash(c.query_id) < self.val_fraction]
-        if not train:
-            train, val = val, []
+        train, val = split_comparisons(comparisons, self.val_fraction)
         metrics = {
             "reward/train_loss": math.nan,
             "reward/val_loss": math.nan,
@@ -250,7 +246,7 @@ class TextRewardTrainer:
             "reward/steps": float(self.steps),
         }
         if train:
-            ids = list(dict.fromkeys(i for c in answered for i in c.segment_ids))
+            ids = list(dict.fromkeys(i for c in (*train, *val) for i in c.segment_ids))
             missing = [i for i in ids if i not in segments]
             if missing:
                 raise ValueError(
