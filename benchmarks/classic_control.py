@@ -92,14 +92,6 @@ def random_return(env_id: str, episodes: int = 20) -> float:
     return float(np.mean(total))
 
 
-def machine() -> str:
-    """One line: CPU, cores, versions and the commit the numbers come from."""
-    from reward_fit import machine as machine_info
-
-    m = machine_info()
-    return f"{m['cpu']}, {m['cpus']} cores, Python {m['python']}, torch {m['torch']}, commit {m['commit']}"
-
-
 def _key(r: dict) -> tuple:
     return (r["env"], r["method"], r["sampler"], int(r["labels"]))
 
@@ -112,6 +104,8 @@ def summarize(rows: list[dict], out: Path, randoms: dict[str, float], planned: i
     for r in rows:
         groups.setdefault(_key(r), []).append(float(r["true_return"]))
         by_seed.setdefault(_key(r), {})[int(r["seed"])] = float(r["true_return"])
+    from prefrl.bench import machine
+
     lines = [
         "# Classic control: learned reward from synthetic preferences vs PPO on the true reward",
         "",

@@ -269,7 +269,7 @@ def main() -> None:
     p.add_argument("--lever-clips", type=int, default=2, help="Hopper clips timed per lever")
     args = p.parse_args()
     sys.path.insert(0, str(Path(__file__).parent))
-    from classic_control import machine
+    from prefrl.bench import machine
 
     tmp = Path(tempfile.mkdtemp(prefix="prefrl-labeling-"))
     load = [os.getloadavg()[0]]

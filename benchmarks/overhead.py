@@ -65,7 +65,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=16384)
     p.add_argument("--rounds", type=int, default=9)
     args = p.parse_args()
-    from classic_control import machine
+    from prefrl.bench import machine
 
     envs = ["Pendulum-v1"] + (["Hopper-v5"] if importlib.util.find_spec("mujoco") else [])
     lines = [

@@ -7,17 +7,14 @@ Goals: <= 2 s per epoch (3 members, 1,000 comparisons of 50-step segments); step
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import torch
 
+from prefrl.bench import machine_info
 from prefrl.data import Comparison, Segment
 from prefrl.reward import RewardEnsemble, RewardTrainer
 
@@ -63,33 +60,6 @@ def time_step_rewards(ens, obs, act, *, fast, calls=2000):
     return statistics.median(samples)
 
 
-def machine() -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        git = ["git", "rev-parse", "--short", "HEAD"]
-        out = subprocess.run(git, capture_output=True, text=True, check=True, cwd=Path(__file__).parent)
-        commit = out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "uncommitted"
-    return {
-        "cpu": cpu,
-        "cpus": str(os.cpu_count()),
-        "torch threads": str(torch.get_num_threads()),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "commit": commit or "uncommitted",
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-    }
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=7, help="timed epochs per setting (median reported)")
@@ -118,7 +88,7 @@ def main() -> None:
         rows.append((*row, f"{fast:.0f}" if ens.model == "mlp" else "-", f"{slow:.0f}"))
         print(" | ".join(rows[-1]), flush=True)
 
-    info = machine()
+    info = machine_info()
     lines = [
         "# Reward model fit and inference speed",
         "",

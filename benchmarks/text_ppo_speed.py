@@ -54,7 +54,7 @@ def main() -> None:
     )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    from reward_fit import machine
+    from prefrl.bench import machine_info as machine
 
     load = os.getloadavg()[0]
     lm, label = model(args.lm)

@@ -635,8 +635,8 @@ def _display(path: Path) -> str:
         return path.name
 
 
-def machine() -> str:
-    """One line: CPU, cores, versions and the commit the numbers come from."""
+def machine_info() -> dict[str, str]:
+    """CPU, cores, versions, the commit the numbers come from and the date, for benchmark tables."""
     import torch
 
     cpu = platform.processor() or "unknown CPU"
@@ -653,9 +653,22 @@ def machine() -> str:
         commit = out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
-    return (
-        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, commit {commit}"
-    )
+    return {
+        "cpu": cpu,
+        "cpus": str(os.cpu_count()),
+        "torch threads": str(torch.get_num_threads()),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def machine() -> str:
+    """One line: CPU, cores, versions and the commit the numbers come from."""
+    m = machine_info()
+    return f"{m['cpu']}, {m['cpus']} cores, Python {m['python']}, torch {m['torch']}, commit {m['commit']}"
 
 
 def plot_grid(grid: Grid, rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
