@@ -338,13 +338,14 @@ class TextRun:
     def ask(self, model: LanguageModel, n: int) -> dict[str, float]:
         """Sample ``k`` responses per prompt from ``model`` and ask ``n`` queries; store the answers."""
         cfg, k = self.cfg, self.cfg.labels.k
-        pool = n if cfg.labels.sampler == "uniform" or self.store.count() == 0 else n * cfg.labels.candidates
+        fitted = self.store.count() > 0  # the reward model has seen labels: the samplers may read its heads
+        pool = n if cfg.labels.sampler == "uniform" or not fitted else n * cfg.labels.candidates
         chosen = self.rng.choice(len(self.train_prompts), size=pool, replace=pool > len(self.train_prompts))
         prompts = [self.train_prompts[i] for i in chosen for _ in range(k)]  # k responses to each prompt
         rollout = _generate(model, prompts, cfg, self.gen)
         segments = self.responses.segments(rollout, first_id=self.store.max_segment_id() + 1)
         tuples = np.arange(len(segments)).reshape(pool, k)  # (pool, k): responses to the same prompt
-        ensemble = self.reward_model if self.store.count() else None
+        ensemble = self.reward_model if fitted else None
         queries, info = select_queries(
             segments, n=n, k=k, sampler=cfg.labels.sampler, ensemble=ensemble, rng=self.rng, tuples=tuples
         )
@@ -360,13 +361,16 @@ class TextRun:
         segs = self.store.segments({i for c in comps for i in c.segment_ids})
         return self.trainer.fit(comps, segs, epochs=self.cfg.reward.epochs)
 
-    def normalize(self) -> dict[str, float]:
-        """Normalize the reward heads on fresh samples of ρ (the same ones on every resume: own generator)."""
-        assert self.reward_model is not None
+    def norm_samples(self) -> Rollout:
+        """ρ's samples the reward is normalized on: the same ones on every resume (their own generators)."""
         gen = torch.Generator().manual_seed(self.cfg.seed + 11)
         chosen = np.random.default_rng(self.cfg.seed + 11).choice(len(self.train_prompts), self.cfg.reward.norm_samples)
-        rollout = _generate(self.ppo.ref, [self.train_prompts[i] for i in chosen], self.cfg, gen)
-        return self.reward_model.normalize(rollout)
+        return _generate(self.ppo.ref, [self.train_prompts[i] for i in chosen], self.cfg, gen)
+
+    def normalize(self) -> dict[str, float]:
+        """Normalize the reward heads on :meth:`norm_samples`."""
+        assert self.reward_model is not None
+        return self.reward_model.normalize(self.norm_samples())
 
     # -- evaluation -------------------------------------------------------------------------------
     def _eval_samples(self, model: LanguageModel, seed: int) -> tuple[Rollout, Rollout]:
@@ -454,20 +458,12 @@ class TextRun:
         self.ppo.load(ck / "ppo.pt")
         if self.reward_model is not None:
             self.reward_model.load_state_dict(torch.load(ck / "reward.pt", weights_only=True))
-            self.normalize_batch_only()
+            self.reward_model.norm_batch = self.norm_samples()  # the saved gain and bias stay; later fits reuse these
         self.step, self.online_asked = int(state["step"]), int(state["online_asked"])
         self.rng = restore_rng(state["rng"])
         self.gen.set_state(torch.tensor(state["gen"], dtype=torch.uint8))
         self.metrics.truncate_after(self.step * self.cfg.ppo.batch_size)
         return True
-
-    def normalize_batch_only(self) -> None:
-        """After a restore: keep the saved gain/bias but remember ρ's samples for the next re-normalization."""
-        assert self.reward_model is not None
-        gain, bias = self.reward_model.gain.clone(), self.reward_model.bias.clone()
-        self.normalize()
-        self.reward_model.gain.copy_(gain)
-        self.reward_model.bias.copy_(bias)
 
     def online_due(self) -> int:
         """Online labels to ask after the current step (evenly over ``rounds`` rounds)."""
