@@ -16,9 +16,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco: hea
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,6 +30,7 @@ import numpy as np
 from prefrl.clips import ClipCache, ClipRenderer, state_fn_for
 from prefrl.config import EnvConfig, TrainConfig
 from prefrl.data import Query, Segment
+from prefrl.labeler import LabelerProcess
 from prefrl.labeler.store import LabelQueue
 from prefrl.make import default_segment_length, make_vec_env
 from prefrl.run import RunDir
@@ -126,42 +125,6 @@ def render_throughput(segments: list[Segment], out: Path, workers: int) -> float
     rate = len(timed) / (time.perf_counter() - t)
     cache.close()
     return rate
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``prefrl label RUN`` in its own process, on loopback, default clip settings."""
-
-    def __init__(self, run: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "prefrl.cli", "label", str(run), "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"labeler exited: {self.proc.stderr.read().decode()}")
-            try:
-                if httpx.get(self.url + "/api/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("labeler did not start within 60 s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def make_run(path: Path, queries: list[Query]) -> Path:
@@ -314,7 +277,7 @@ def main() -> None:
     by_query = {q.id: env_of[q.segments[0].id] for q in qs}
     firsts = []
     for key, n, think in (("watched", args.answers, args.think), ("back to back", 10, 0.0)):
-        server = Server(make_run(tmp / f"latency-{key.replace(' ', '-')}", qs))
+        server = LabelerProcess(make_run(tmp / f"latency-{key.replace(' ', '-')}", qs)).start()
         try:
             first, log = answer_to_playable_with_env(server.url, n, think, by_query)
             firsts.append(first)
@@ -335,7 +298,9 @@ def main() -> None:
 
     # 3. answers/s: Pendulum pairs over few segments, so clip rendering is soon done and the API is what's timed
     rng = np.random.default_rng(0)
-    server = Server(make_run(tmp / "throughput", pairs(segments["Pendulum-v1"][:12], args.total + 50, rng)))
+    server = LabelerProcess(
+        make_run(tmp / "throughput", pairs(segments["Pendulum-v1"][:12], args.total + 50, rng))
+    ).start()
     try:
         rate, lat = answers_per_second(server.url, args.clients, args.total)
     finally:
@@ -349,7 +314,7 @@ def main() -> None:
     if args.ui:
         rest = {name: segments[name][args.segments + 1 :] for name in ENVS}
         qs = interleaved(rest, args.ui + 1)
-        server = Server(make_run(tmp / "ui", qs))
+        server = LabelerProcess(make_run(tmp / "ui", qs)).start()
         try:
             ui = ui_seconds_per_label(server.url, args.ui, args.think)
             ui_lines = [

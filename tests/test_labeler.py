@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +22,7 @@ from fastapi.testclient import TestClient
 
 from prefrl.config import TrainConfig
 from prefrl.data import SKIP, TIE, ComparisonStore, Query, Segment
+from prefrl.labeler import LabelerProcess
 from prefrl.labeler.server import create_app
 from prefrl.labeler.store import Conflict, LabelQueue
 from prefrl.oracles import HumanOracle
@@ -83,57 +81,13 @@ def make_run(path: Path, n_queries: int, *, task: str = "keep the pole upright")
     return run, qs
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``prefrl label RUN`` in its own process (``args``: more command-line arguments)."""
-
-    def __init__(self, run: Path, args: tuple[str, ...] = ()) -> None:
-        self.run = run
-        self.args = args
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Server:
-        cmd = [sys.executable, "-m", "prefrl.cli", "label", str(self.run), "--port", str(self.port)]
-        cmd += ["--clip-size", "128", *self.args]
-        env = {**os.environ, "SDL_AUDIODRIVER": "dummy"}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"labeler exited: {self.proc.stderr.read().decode()}")
-            try:
-                if httpx.get(self.url + "/api/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError("labeler did not start within 60 s")
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-
-
 @pytest.fixture
 def serve():
     servers = []
 
-    def start(run: Path, *args: str) -> Server:
-        servers.append(Server(run, args).start())
+    def start(run: Path, *args: str) -> LabelerProcess:
+        proc = LabelerProcess(run, ("--clip-size", "128", *args), env={"SDL_AUDIODRIVER": "dummy"})
+        servers.append(proc.start())
         return servers[-1]
 
     yield start
@@ -426,7 +380,7 @@ def test_kill_9_loses_no_acknowledged_answer(tmp_path, serve):
         t.start()
     while len(acked) < 200:
         time.sleep(0.05)
-    server.kill9()
+    server.kill()
     stop.set()
     for t in threads:
         t.join()

@@ -10,7 +10,10 @@ Needs the ``labeler`` extra: ``pip install 'prefrl[labeler]'``.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -143,6 +146,68 @@ class LabelerServer:
             self._thread.join(timeout=10)
         self.clips.close()
         self.queue.close()
+
+
+class LabelerProcess:
+    """``prefrl label RUN`` in a child process on loopback, for scripts, notebooks and tests.
+
+    ``args`` are more ``prefrl label`` options (e.g. ``("--clip-size", "128")``); ``env`` adds environment
+    variables. :meth:`start` returns once the server answers, or raises with the child's error output.
+    A context manager: leaving the block stops the child.
+    """
+
+    def __init__(self, run: str | Path, args: tuple[str, ...] = (), *, env: dict[str, str] | None = None) -> None:
+        self.run = Path(run)
+        self.args = tuple(args)
+        self.env = {**os.environ, **(env or {})}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> LabelerProcess:
+        import httpx
+
+        cmd = [sys.executable, "-m", "prefrl.cli", "label", str(self.run), "--port", str(self.port), *self.args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the labeler exited: {self.proc.stderr.read().decode().strip()}")
+            try:
+                if httpx.get(self.url + "/api/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the labeler did not answer within {timeout:g} s")
+
+    def kill(self) -> None:
+        """End the child at once (SIGKILL), as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        """End the child gracefully; kill it if it has not exited after 10 s."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> LabelerProcess:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def free_port() -> int:
+    """A TCP port on loopback that is free now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def simulate_labeler(
