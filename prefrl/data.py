@@ -23,6 +23,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,15 +160,17 @@ class Segment:
 
 
 def save_segments(path: Path, segments: Sequence[Segment]) -> None:
-    """Write segments to one ``.npz`` (stacked arrays, no pickle); inverse of :func:`load_segments`."""
+    """Write segments to one ``.npz`` (stacked arrays, no pickle); inverse of :func:`load_segments`.
+
+    Deflated at level 1: a buffer of Atari frames shrinks tens of times at about 400 MB/s, where numpy's
+    ``savez_compressed`` (level 6) takes three times as long for twice the ratio.
+    """
     path = Path(path)
     tmp = path.with_suffix(".tmp.npz")
-    if not segments:
-        np.savez(tmp, n=np.array(0))
-    else:
+    arrays: dict[str, np.ndarray] = {"n": np.array(len(segments))}
+    if segments:
         s0 = segments[0]
-        arrays = {
-            "n": np.array(len(segments)),
+        arrays |= {
             "id": np.array([s.id for s in segments], dtype=np.int64),
             "obs": np.stack([s.obs for s in segments]),
             "actions": np.stack([s.actions for s in segments]),
@@ -180,31 +183,33 @@ def save_segments(path: Path, segments: Sequence[Segment]) -> None:
         }
         if s0.states is not None and all(s.states is not None for s in segments):
             arrays["states"] = np.stack([s.states for s in segments])
-        np.savez(tmp, **arrays)
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, array in arrays.items():
+            with zf.open(name + ".npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
     tmp.replace(path)
 
 
 def load_segments(path: Path) -> list[Segment]:
     with np.load(Path(path), allow_pickle=False) as z:
-        n = int(z["n"])
-        if n == 0:
-            return []
-        states = z["states"] if "states" in z.files else None
-        return [
-            Segment(
-                id=int(z["id"][i]),
-                obs=z["obs"][i],
-                actions=z["actions"][i],
-                true_rewards=z["true_rewards"][i],
-                length=int(z["length"][i]),
-                terminated=bool(z["terminated"][i]),
-                episode=int(z["episode"][i]),
-                start=int(z["start"][i]),
-                env_id=str(z["env_id"][i]),
-                states=None if states is None else states[i],
-            )
-            for i in range(n)
-        ]
+        a = {name: z[name] for name in z.files}  # each member read (and inflated) once
+    n = int(a["n"])
+    states = a.get("states")
+    return [
+        Segment(
+            id=int(a["id"][i]),
+            obs=a["obs"][i],
+            actions=a["actions"][i],
+            true_rewards=a["true_rewards"][i],
+            length=int(a["length"][i]),
+            terminated=bool(a["terminated"][i]),
+            episode=int(a["episode"][i]),
+            start=int(a["start"][i]),
+            env_id=str(a["env_id"][i]),
+            states=None if states is None else states[i],
+        )
+        for i in range(n)
+    ]
 
 
 def new_query_id() -> str:
