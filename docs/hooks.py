@@ -3,7 +3,8 @@
 - ``reference/cli.md``: every ``prefrl`` subcommand and option, read from the argparse parser that
   :func:`prefrl.cli.main` builds.
 - ``reference/config.md``: every configuration key with its type, default and docstring, read from the
-  dataclasses of :mod:`prefrl.config` (a field whose docstring starts with ``Internal:`` is left out).
+  dataclasses of :mod:`prefrl.config` and, for text experiments, :class:`prefrl.text.rlhf.TextConfig` (a field
+  whose docstring starts with ``Internal:`` is left out).
 - ``results.md``: the committed benchmark tables of ``benchmarks/results/*.md`` embedded as they are,
   with the plots and CSV files beside them, and a summary of the machine and commit each came from.
 """
@@ -58,7 +59,7 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
 
 def on_serve(server: Any, config: MkDocsConfig, builder: Any) -> Any:
     root = _root(config)
-    for path in (root / "prefrl" / "cli.py", root / "prefrl" / "config.py", root / RESULTS):
+    for path in (root / "prefrl" / "cli.py", root / "prefrl" / "config.py", root / "prefrl" / "text", root / RESULTS):
         server.watch(str(path))
     return server
 
@@ -218,9 +219,13 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+_ROLE = re.compile(r":(?:func|meth|class|mod|attr|data|obj):`~?([^`]+)`")
+
+
 def _md_doc(doc: str) -> str:
-    """Docstring text for a Markdown table cell (reST double backticks are Markdown code spans already)."""
-    return " ".join(doc.split())
+    """Docstring text for a Markdown table cell (reST double backticks are Markdown code spans already; a
+    cross-reference role such as ``:func:`x``` becomes the code span ``x``)."""
+    return " ".join(_ROLE.sub(r"``\1``", doc).split())
 
 
 def config_reference() -> str:
@@ -281,8 +286,34 @@ def config_reference() -> str:
         "```toml",
         _toml_document(config.QUICKSTART).strip(),
         "```",
+        *text_config_reference(),
     ]
     return "\n".join(out) + "\n"
+
+
+def text_config_reference() -> list[str]:
+    """The keys of a text experiment (``kind = "text"``), from :class:`prefrl.text.rlhf.TextConfig`."""
+    from prefrl.text.rlhf import TextConfig
+
+    out = [
+        "",
+        "## Text experiments {#text}",
+        "",
+        'An experiment file with `kind = "text"` at its top is a text run ([guide](../text.md)): `prefrl train`',
+        "reads it with these keys and defaults instead of the ones above. `--set` works the same way.",
+        "",
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    rows, nested = _section_rows(TextConfig())
+    out += rows
+    for name, section in nested:
+        sub_rows, deeper = _section_rows(section)
+        if deeper:
+            raise RuntimeError(f"text config section [{name}] nests another section; teach docs/hooks.py to render it")
+        out += ["", f"### Text: `[{name}]` {{#text-{name}}}", "", f"On the command line: `--set {name}.KEY=VALUE`.", ""]
+        out += ["| key | type | default | meaning |", "|---|---|---|---|", *sub_rows]
+    return out
 
 
 def _toml_document(data: dict[str, Any], table: str = "") -> str:

@@ -555,7 +555,7 @@ def _random_return(cfg: TrainConfig, episodes: int) -> float:
     returns: list[float] = []
     while len(returns) < episodes:
         _, _, dones, infos = venv.step(np.array([venv.action_space.sample()]))
-        if dones[0]:
+        if dones[0] and "episode" in infos[0]:  # Atari: a lost life ends a training episode, not the game
             returns.append(float(infos[0]["episode"]["r"]))
     venv.close()
     return float(np.mean(returns))

@@ -27,9 +27,12 @@ class ConfigError(ValueError):
 
 @dataclass
 class EnvConfig:
+    """The environment the agent acts in, and how many copies of it run side by side."""
+
     id: str = "CartPole-v1"
     """Gymnasium id; a ``module:Id`` form imports ``module`` first (to register custom envs)."""
     n_envs: int = 8
+    """Copies of the env stepped together (one vectorized env); every copy's steps count in ``total_timesteps``."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Passed to ``gymnasium.make``."""
     max_episode_steps: int = 0
@@ -42,6 +45,8 @@ class EnvConfig:
 
 @dataclass
 class SegmentConfig:
+    """How the agent's experience is cut into the segments that queries compare."""
+
     length: int = 0
     """Steps per segment; 0 picks by env kind: 50 classic control, ~1.5 s of sim time MuJoCo, 25 Atari."""
     buffer_size: int = 4000
@@ -50,21 +55,30 @@ class SegmentConfig:
 
 @dataclass
 class RewardConfig:
+    """The learned reward: an ensemble of networks fit to the comparisons, and what the agent sees of it."""
+
     members: int = 3
+    """Ensemble size K; each member trains on its own bootstrap resample of the comparisons."""
     hidden: list[int] = field(default_factory=lambda: [64, 64])
+    """Hidden layer widths of the ``mlp`` model (the ``cnn`` model's fully connected layer is 64 wide)."""
     model: str = "auto"
     """``mlp`` over (obs, action), ``cnn`` over image obs, or ``auto``."""
     use_action: str = "auto"
     """``yes``, ``no`` or ``auto`` (yes for mlp, no for cnn, as in the paper)."""
     dropout: float = 0.5
+    """Dropout probability on the ``cnn`` model's convolutional layers (the ``mlp`` model has none)."""
     lr: float = 1e-3
+    """Adam learning rate of the reward networks."""
     batch_size: int = 64
+    """Comparisons per member per gradient step."""
     epsilon: float = 0.1
     """Probability that an answer is uniformly random (label-noise mixture in the loss)."""
     val_fraction: float = 1 / math.e
+    """Share of comparisons held out for validation (chosen by a stable hash of the query id), used to adapt ``l2``."""
     l2: float = 1e-3
     """Initial L2 coefficient; adapted to keep val/train loss in ``l2_bounds``."""
     l2_bounds: list[float] = field(default_factory=lambda: [1.1, 1.5])
+    """``[low, high]``: after each epoch ``l2`` grows if val/train loss is above ``high``, shrinks if below ``low``."""
     initial_epochs: int = 100
     """Epochs of the first fit, on the labels asked before RL starts."""
     epochs: int = 10
@@ -87,6 +101,8 @@ class RewardConfig:
 
 @dataclass
 class LabelConfig:
+    """How many comparisons are asked, when, and which segments they compare."""
+
     total: int = 200
     """Label budget of the whole run."""
     initial_fraction: float = 0.25
@@ -107,29 +123,44 @@ class LabelConfig:
 
 @dataclass
 class OracleConfig:
+    """Who answers the queries. The teacher knobs apply to the ``synthetic`` oracle; one set explicitly overrides
+    the ``teacher`` preset's value."""
+
     kind: str = "synthetic"
-    """``synthetic`` (compares true returns) or ``replay`` (answers from a label file)."""
+    """``synthetic`` (a simulated teacher comparing true returns), ``human`` (people answer in the web labeler,
+    ``prefrl label``) or ``replay`` (answers imported from an exported label file)."""
     teacher: str = "oracle"
     """B-Pref teacher preset: oracle, stoc, mistake, noisy, skip, myopic, equal."""
     beta: float = math.inf
+    """Rationality: ``inf`` always picks the better segment; a finite value samples from
+    ``softmax(beta * return / scale)``, ``scale`` being the running mean |segment return|."""
     gamma: float = 1.0
+    """Myopia: step ``t`` of a ``T``-step segment weighs ``gamma ** (T - 1 - t)``, so later steps count more; 1 weighs
+    every step equally."""
     epsilon: float = 0.0
+    """Probability that an answer is replaced by another choice, uniformly (a mistake)."""
     skip_threshold: float = -math.inf
     """Relative to the mean |segment return|; -inf never skips."""
     equal_threshold: float = 0.0
+    """Relative return gap at or below which the best two segments tie (0: only exactly equal returns tie)."""
     replay_file: str = ""
+    """``kind = "replay"``: the ``.npz`` file written by ``prefrl export`` whose comparisons the run learns from."""
     overrides: list[str] = field(default_factory=list)
     """Internal: which teacher knobs were set explicitly (filled by the loader)."""
 
 
 @dataclass
 class AgentConfig:
+    """The RL agent that optimizes the learned reward (the same settings train the true-reward baseline)."""
+
     algo: str = "PPO"
     """Any Stable-Baselines3 on-policy algorithm (PPO, A2C)."""
     policy: str = "auto"
+    """Stable-Baselines3 policy name; ``auto`` picks ``CnnPolicy`` for image observations, else ``MlpPolicy``."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Hyperparameters passed to the algorithm; ``lin_X`` strings are linear schedules from X to 0."""
     device: str = "cpu"
+    """Torch device of the agent (``cpu``, ``cuda``, ...); the reward model stays on the CPU."""
     normalize: bool = False
     """Normalize the observations and rewards the agent sees with running statistics (SB3 ``VecNormalize``,
     rl-baselines3-zoo's ``normalize: true``); the reward model and the logged returns see the raw ones."""
@@ -137,16 +168,22 @@ class AgentConfig:
 
 @dataclass
 class TrainConfig:
+    """One run: the top-level keys of an experiment file, and its sections."""
+
     name: str = "run"
+    """Names the run: ``prefrl train`` writes to ``runs/NAME-DATE-TIME`` unless ``--run-dir`` is given."""
     task: str = ""
     """What the labelers should reward, in one sentence (shown to people)."""
     reward_source: str = "learned"
     """``learned`` (from preferences) or ``true`` (the env's reward, the RL baseline)."""
     total_timesteps: int = 100_000
+    """Agent steps of the whole run, over all ``env.n_envs`` copies (on Atari, agent steps of 4 frames each)."""
     chunk_steps: int = 0
     """Agent steps between label rounds; 0 = 1/50 of total_timesteps, rounded to whole rollouts."""
     seed: int = 0
+    """Seeds the environments, the agent, the reward model, the sampler and the synthetic oracle."""
     eval_episodes: int = 20
+    """Episodes of the deterministic policy on the true reward at the end of the run (0: no evaluation)."""
     eval_every: int = 0
     """Also evaluate (``eval_episodes`` deterministic episodes, true reward) every this many steps (0: at the end)."""
     baseline: bool = False
@@ -261,6 +298,8 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is bool:
         return isinstance(value, bool), value
     if tp is str:
+        if isinstance(value, bool):  # `--set reward_source=true` reads as TOML true; the text is what was meant
+            return True, "true" if value else "false"
         return isinstance(value, str), value
     if origin is list:
         (inner,) = typing.get_args(tp)

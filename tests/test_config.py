@@ -61,6 +61,12 @@ def test_parse_override_reads_toml_values():
     assert parse_override("x=inf")["x"] == math.inf
 
 
+def test_a_text_key_set_to_true_means_the_word():
+    assert load_config(None, ["reward_source=true"]).reward_source == "true"
+    with pytest.raises(ConfigError, match="reward_source"):
+        load_config(None, ["reward_source=yes"])
+
+
 def test_saved_config_round_trips(tmp_path):
     cfg = load_config(None, ["oracle.epsilon=0.1", "env.kwargs={g = 9.81}"])
     run = RunDir(tmp_path / "run")
