@@ -43,6 +43,7 @@ import math
 import os
 import platform
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -370,6 +371,20 @@ def _run_pool(todo: list[Job], *, workers: int, on_done, poll) -> None:
             raise
 
 
+def _probe(address: str) -> None:
+    """Refuse at once a ``HOST:PORT`` where nothing listens (Ray itself retries a dead address for minutes)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms are Ray's to resolve
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise ConfigError(
+            f"--ray-address {address}: nothing answers there ({e.strerror or e}); start the head node with "
+            "`ray start --head` and pass the address it prints"
+        ) from None
+
+
 def _run_ray(todo: list[Job], *, address: str, workers: int, on_done, poll) -> None:
     """The same :func:`run_job` as Ray tasks of one CPU each; at most ``workers`` in flight at once."""
     try:
@@ -381,6 +396,7 @@ def _run_ray(todo: list[Job], *, address: str, workers: int, on_done, poll) -> N
         if address == "local":
             ray.init(num_cpus=workers, include_dashboard=False, logging_level="warning")
         else:
+            _probe(address)
             try:
                 ray.init(address=address, logging_level="warning")
             except ConnectionError as e:

@@ -158,6 +158,19 @@ def test_ray_runs_the_same_grid_and_skips_the_finished_runs(pool, tmp_path, monk
     assert (out / "returns.png").stat().st_size > 10_000
 
 
+def test_a_ray_address_where_nothing_listens_is_refused_at_once(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["bench", str(SMOKE), "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main([*args, "--ray-address", f"127.0.0.1:{port}"]) != 0
+    err = capsys.readouterr().err
+    assert f"--ray-address 127.0.0.1:{port}: nothing answers there" in err and "ray start --head" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

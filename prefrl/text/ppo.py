@@ -52,6 +52,7 @@ class PPOConfig:
     minibatches: int = 4
     """Gradient steps per epoch; ``batch_size`` must be a multiple of it."""
     ppo_epochs: int = 4
+    """Passes over each batch of responses."""
     lr: float = 1e-4
     """Adam step size of the policy and its value head (large LMs want ~1e-5)."""
     clip_range: float = 0.2
@@ -59,9 +60,13 @@ class PPOConfig:
     clip_range_vf: float = 0.2
     """Value clipping around the values at generation time."""
     gamma: float = 1.0
+    """Discount over the tokens of a response (1: the score at the end counts fully for every token)."""
     lam: float = 0.95
+    """GAE λ."""
     vf_coef: float = 0.1
+    """Weight of the value loss beside the policy loss."""
     max_grad_norm: float = 1.0
+    """Gradients are clipped to this global norm."""
     temperature: float = 0.7
     """Sampling temperature; the log-probabilities for the ratio and the KL use the same one."""
     response_length: int = 24
@@ -80,6 +85,7 @@ class PPOConfig:
     no_end_penalty: float = -1.0
     """Added to the score of a response that reached no end token."""
     seed: int = 0
+    """Seeds sampling and minibatch order; the run's ``seed`` sets it."""
 
     def __post_init__(self) -> None:
         self.validate()
