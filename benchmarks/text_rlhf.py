@@ -8,8 +8,13 @@ finished runs are skipped, interrupted ones resume from their checkpoints.
 
 Writes ``benchmarks/results/text_rlhf.{csv,md}`` and ``text_rlhf_overopt.png``, ``text_rlhf_budgets.png``.
 
+The summarize task (Ziegler et al.'s "labelers reward copying" finding in miniature, tiny GPT pretrained to
+summarize, 2,000 labels, and PPO on the labeler's own score as the upper line) writes its own table,
+``benchmarks/results/text_summarize.{csv,md}``, with copy rates of ρ and π.
+
     python benchmarks/text_rlhf.py                   # everything (about an hour on 2 cores)
     python benchmarks/text_rlhf.py --only tiny       # the tiny-GPT grid only
+    python benchmarks/text_rlhf.py --only summarize  # the summarize task only (a few minutes)
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TINY = ROOT / "experiments" / "text_sentiment_tiny.toml"
 SMOL = ROOT / "experiments" / "text_sentiment_smollm2.toml"
+SUMMARIZE = ROOT / "experiments" / "text_summarize_tiny.toml"
 COLUMNS = [
     "model", "method", "labels", "beta", "seed", "steps", "score", "judge", "rho_score", "rho_judge", "win_judge",
     "kl", "reward_model", "rm_acc_rho", "rm_acc_pi", "win_judge_kl6", "kl6_step", "wall_s", "peak_mb",
@@ -56,7 +62,8 @@ def grid(only: str, seeds: list[int]) -> list[dict]:
     return jobs
 
 
-def run(job: dict, runs: Path) -> dict:
+def execute(job: dict, runs: Path) -> Path:
+    """Run (or resume, or skip when finished) one job in its own process; its run directory."""
     path = runs / job["name"]
     final = path / "final.json"
     if not final.exists():
@@ -72,7 +79,12 @@ def run(job: dict, runs: Path) -> dict:
         (path / "bench.json").write_text(
             json.dumps({"peak_mb": round(max(peak, before) / 1024, 1), "this_wall_s": time.perf_counter() - t0})
         )
-    result = json.loads(final.read_text())
+    return path
+
+
+def run(job: dict, runs: Path) -> dict:
+    path = execute(job, runs)
+    result = json.loads((path / "final.json").read_text())
     extra = json.loads((path / "bench.json").read_text()) if (path / "bench.json").exists() else {}
     row = {k: job[k] for k in ("model", "method", "labels", "beta", "seed")}
     row.update(steps=result["step"], wall_s=result["wall_s"], peak_mb=extra.get("peak_mb", ""))
@@ -161,15 +173,116 @@ def write_md(rows: list[dict], out: Path) -> None:
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
+# -- the summarize task ------------------------------------------------------------------------
+SUMMARIZE_COLUMNS = [
+    "model", "method", "labels", "seed", "steps", "score", "rho_score", "judge", "rho_judge", "copy", "rho_copy",
+    "verbatim", "rho_verbatim", "win_score", "win_judge", "kl", "rm_acc_rho", "rm_acc_pi", "wall_s", "peak_mb",
+]  # fmt: skip
+
+
+def summarize_grid(seeds: list[int]) -> list[dict]:
+    jobs = []
+    for seed in seeds:
+        jobs.append(dict(model="tiny-summarize", method="learned", labels=2000, seed=seed, sets=[]))
+        jobs.append(dict(model="tiny-summarize", method="oracle", labels=0, seed=seed, sets=["reward_source='oracle'"]))
+    for j in jobs:
+        j.update(exp=SUMMARIZE, name=f"summarize-{j['method']}-{j['labels']}-s{j['seed']}")
+        j["sets"] = [*j["sets"], f"seed={j['seed']}"]
+    return jobs
+
+
+def summarize_row(job: dict, runs: Path) -> dict:
+    path = execute(job, runs)
+    result = json.loads((path / "final.json").read_text())
+    extra = json.loads((path / "bench.json").read_text()) if (path / "bench.json").exists() else {}
+    row = {k: job[k] for k in ("model", "method", "labels", "seed")}
+    row.update(steps=result["step"], wall_s=result["wall_s"], peak_mb=extra.get("peak_mb", ""))
+    for k in SUMMARIZE_COLUMNS[5:-2]:
+        v = result.get(f"eval/{k}")
+        row[k] = "" if v is None else round(float(v), 4)
+    return row
+
+
+def summary_samples(runs: dict[str, Path], n: int = 4) -> list[str]:
+    """Markdown lines: ρ's (step 0) and each run's π's (last step) summaries of the first ``n`` held-out articles."""
+    tables = {}
+    for name, path in runs.items():
+        with (path / "samples.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        last = max(int(r["step"]) for r in rows)
+        tables[name] = ([r for r in rows if int(r["step"]) == 0][:n], [r for r in rows if int(r["step"]) == last][:n])
+    first = next(iter(tables.values()))[0]
+    lines = []
+    for i, rho in enumerate(first):
+        lines += [f"- article: *{rho['prompt']}*", f"  - ρ: {rho['response']}"]
+        lines += [f"  - π ({name}): {t[1][i]['response']}" for name, t in tables.items() if i < len(t[1])]
+    return lines
+
+
+def write_summarize(rows: list[dict], runs: Path, out: Path) -> None:
+    from prefrl.bench import machine_info
+
+    with out.with_suffix(".csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SUMMARIZE_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    lines = [
+        "# Text RLHF: summarize by copying",
+        "",
+        "`python benchmarks/text_rlhf.py --only summarize` (`experiments/text_summarize_tiny.toml`). Ziegler et al. "
+        "(2019) found that labelers checking summaries for accuracy rewarded copying, and the finetuned policies "
+        "became smart copiers. Here an article is two corpus sentences followed by `tl;dr`; ρ is the tiny GPT "
+        "pretrained on the corpus and on article-summary texts whose summaries copy a sentence (60 %), "
+        "paraphrase or fuse the article in other words (30 %) or are unrelated (10 %); it learns copying "
+        "imperfectly and copies a sentence word for word about a third of the time. The synthetic labeler "
+        "(`score`, oracle `summary`) checks accuracy and coverage word by word against the article, giving a "
+        "synonym a quarter of a copied word's credit; the held-out judge (`judge`, `abstractive`) counts "
+        "synonyms in full and discounts copied trigrams. `copy` is the share of a summary's trigrams found in "
+        "the article (1 − Ziegler's novel-trigram fraction), `verbatim` the share of summaries that are one of "
+        "the article's sentences word for word; `rho_*` are ρ's. `win_*` is how often π's summary beats ρ's of "
+        "the same article (ties ½), `kl` KL(π‖ρ) in nats per summary, `rm_acc_*` how often the reward model "
+        "orders two summaries as the labeler does. 100 PPO steps of 64 summaries, 1,000 labels on ρ's samples "
+        "and 1,000 on π's in 4 rounds, adaptive β; `oracle` runs PPO on the labeler's own score. Means over 64 "
+        "held-out articles, two summaries each, at the last evaluation.",
+        "",
+        "| " + " | ".join(SUMMARIZE_COLUMNS) + " |",
+        "|" + "---|" * len(SUMMARIZE_COLUMNS),
+    ]
+    lines += ["| " + " | ".join(str(r[c]) for c in SUMMARIZE_COLUMNS) + " |" for r in rows]
+    done = {
+        f"{r['method']} reward": runs / f"summarize-{r['method']}-{r['labels']}-s{r['seed']}"
+        for r in rows
+        if r["seed"] == rows[0]["seed"]
+    }
+    done = {k: v for k, v in done.items() if (v / "samples.csv").exists()}
+    if done:
+        lines += ["", f"Summaries of held-out articles by ρ and by π after the last PPO step (seed {rows[0]['seed']}):"]
+        lines += ["", *summary_samples(done)]
+    m = machine_info()
+    lines += ["", "Machine: " + ", ".join(f"{k} {v}" for k, v in m.items()) + "."]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", choices=["all", "tiny", "smollm2"], default="all")
+    p.add_argument("--only", choices=["all", "tiny", "smollm2", "summarize"], default="all")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--runs", type=Path, default=HERE / "runs" / "text_rlhf")
     p.add_argument("--out", type=Path, default=HERE / "results" / "text_rlhf.csv")
     args = p.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.only in ("all", "summarize"):
+        summary_rows = []
+        for job in summarize_grid(args.seeds):
+            print(f"text_rlhf: {job['name']}", flush=True)
+            summary_rows.append(summarize_row(job, args.runs))
+            print(f"text_rlhf: {job['name']}: {summary_rows[-1]}", flush=True)
+        target = args.out.with_name("text_summarize.md")
+        write_summarize(summary_rows, args.runs, target)
+        print(f"text_rlhf: wrote {target}")
+        if args.only == "summarize":
+            return
     rows = []
     for job in grid(args.only, args.seeds):
         print(f"text_rlhf: {job['name']}", flush=True)

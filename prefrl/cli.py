@@ -87,20 +87,40 @@ def _text_run(args: argparse.Namespace) -> bool:
 
 
 def _train_text(args: argparse.Namespace) -> int:
+    from prefrl.config import TrainConfig
     from prefrl.text.rlhf import load_text_config, plot_text, train_text
 
-    if args.oracle == "human" or args.db:
-        raise ConfigError("text runs take synthetic oracles here; label text pairs in the browser with `prefrl label`")
+    if args.simulate_labeler:
+        args.oracle = "human"
     if args.resume is not None:
         if args.experiment or args.overrides:
             raise ConfigError("--resume takes the run's saved config; drop the experiment file and --set")
         path = args.resume
         cfg = load_text_config(path / "config.toml")
+        if args.oracle and args.oracle != cfg.oracle.kind:
+            raise ConfigError(f"--oracle {args.oracle}: the run was started with oracle.kind = '{cfg.oracle.kind}'")
     else:
-        cfg = load_text_config(args.experiment, args.overrides)
+        cfg = load_text_config(
+            args.experiment, args.overrides + ([f"oracle.kind={args.oracle}"] if args.oracle else [])
+        )
         path = args.run_dir or Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    people = cfg.oracle.kind == "human" and cfg.reward_source == "learned"
+    if args.db and not people:
+        raise ConfigError("--db names the web labeler's label store; it needs --oracle human")
     print(f"prefrl: run directory {path}", file=sys.stderr)
-    result = train_text(cfg, path, progress=not args.no_progress)
+    if people:  # text segments are shown as text: the labeler needs only the task
+        Path(path).mkdir(parents=True, exist_ok=True)
+        result = _with_labeler(
+            args,
+            Path(path),
+            TrainConfig(task=cfg.task),
+            name=f"simulated-{cfg.oracle.teacher}",
+            train_fn=lambda oracle, simulate: train_text(
+                cfg, path, progress=not args.no_progress, oracle=oracle, on_start=lambda run: simulate(run.oracle)
+            ),
+        )
+    else:
+        result = train_text(cfg, path, progress=not args.no_progress)
     print(
         f"prefrl: {cfg.model}, {cfg.reward_source} reward, {result['labels']} labels: held-out score "
         f"{result['eval/score']:.3f} (judge {result['eval/judge']:.3f}) at KL {result['eval/kl']:.2f}",
@@ -215,7 +235,15 @@ def _label(args: argparse.Namespace) -> int:
     run = RunDir(args.run)
     if args.db is None and not run.labels_path.exists():
         raise FileNotFoundError(f"{run.path}: no labels.sqlite; start the run with `prefrl train EXP --oracle human`")
-    cfg = run.load_config() if (run.path / "config.toml").exists() else TrainConfig()
+    from prefrl.text.rlhf import is_text_config
+
+    saved = run.path / "config.toml"
+    if saved.exists() and is_text_config(saved):  # text segments are shown as text: only the task is needed
+        from prefrl.text.rlhf import load_text_config
+
+        cfg = TrainConfig(task=load_text_config(saved).task)
+    else:
+        cfg = run.load_config() if saved.exists() else TrainConfig()
     server = _labeler(args, run.path, cfg)
     _announce(server)
     try:
@@ -225,17 +253,16 @@ def _label(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_with_labeler(args: argparse.Namespace, cfg, run) -> int:
-    """Train while people (or, with --simulate-labeler, a synthetic teacher over HTTP) answer in the labeler."""
-    import dataclasses as dc
+def _with_labeler(args: argparse.Namespace, run_path: Path, cfg, *, name: str, train_fn: Any) -> Any:
+    """Serve the web labeler beside ``train_fn(oracle, simulate)``, which trains with ``oracle`` (the labeler's
+    queue) and calls ``simulate(teacher)`` once it has its synthetic teacher: with --simulate-labeler that
+    teacher then answers over the HTTP API, as ``name``."""
     import threading
 
-    from prefrl.loop import clip_state_fn, make_oracle, train
+    from prefrl.labeler import simulate_labeler
     from prefrl.oracles import HumanOracle
-    from prefrl.plots import plot_run
 
-    clip_state_fn(cfg)  # refuses environments whose clips cannot be rendered, before any compute
-    server = _labeler(args, run.path, cfg)
+    server = _labeler(args, run_path, cfg)
     if args.db and args.resume is None and not server.queue.is_empty():
         server.stop()
         raise ConfigError(
@@ -244,25 +271,43 @@ def _train_with_labeler(args: argparse.Namespace, cfg, run) -> int:
         )
     server.start()
     _announce(server)
-    stop, helper = threading.Event(), None
-    if args.simulate_labeler:
-        from prefrl.labeler import simulate_labeler
+    stop, helpers = threading.Event(), []
 
-        teacher = make_oracle(dc.replace(cfg.oracle, kind="synthetic"), seed=cfg.seed)
-        helper = threading.Thread(
-            target=simulate_labeler,
-            args=(server.api, server.queue, teacher),
-            kwargs={"stop": stop, "token": server.token, "name": f"simulated-{cfg.oracle.teacher}"},
-            daemon=True,
-        )
-        helper.start()
+    def simulate(teacher: Any) -> None:
+        if args.simulate_labeler:
+            helpers.append(
+                threading.Thread(
+                    target=simulate_labeler,
+                    args=(server.api, server.queue, teacher),
+                    kwargs={"stop": stop, "token": server.token, "name": name},
+                    daemon=True,
+                )
+            )
+            helpers[-1].start()
+
     try:
-        result = train(cfg, run, oracle=HumanOracle(server.queue), progress=not args.no_progress)
+        return train_fn(HumanOracle(server.queue), simulate)
     finally:
         stop.set()
-        if helper is not None:
+        for helper in helpers:
             helper.join(timeout=10)
         server.stop()
+
+
+def _train_with_labeler(args: argparse.Namespace, cfg, run) -> int:
+    """Train while people (or, with --simulate-labeler, a synthetic teacher over HTTP) answer in the labeler."""
+    import dataclasses as dc
+
+    from prefrl.loop import clip_state_fn, make_oracle, train
+    from prefrl.plots import plot_run
+
+    clip_state_fn(cfg)  # refuses environments whose clips cannot be rendered, before any compute
+
+    def go(oracle: Any, simulate: Any) -> Any:
+        simulate(make_oracle(dc.replace(cfg.oracle, kind="synthetic"), seed=cfg.seed))
+        return train(cfg, run, oracle=oracle, progress=not args.no_progress)
+
+    result = _with_labeler(args, run.path, cfg, name=f"simulated-{cfg.oracle.teacher}", train_fn=go)
     for path in plot_run(run.path):
         print(f"prefrl: wrote {path}", file=sys.stderr)
     summary = f"eval return {result.true_return:.1f} after {result.timesteps} steps, {result.labels} labels"

@@ -113,6 +113,30 @@ def test_bad_text_configs_say_what_is_wrong(override, message):
         load_text_config(None, [override])
 
 
+def test_a_text_run_asks_through_the_web_labeler_and_prefrl_label_serves_it(tmp_path, capsys):
+    exp = tmp_path / "exp.toml"
+    exp.write_text('kind = "text"\nname = "t"\ntask = "pick the happier reply"\n')
+    run = tmp_path / "run"
+    args = ["train", str(exp), "--run-dir", str(run), "--no-progress", "--simulate-labeler", "--port", "0"]
+    assert main(args + [f"--set={o}" for o in TINY]) == 0
+    assert "labeler at http://127.0.0.1:" in capsys.readouterr().err
+    with sqlite3.connect(run / "labels.sqlite") as db:
+        labelers = {r[0] for r in db.execute("SELECT labeler FROM comparisons")}
+        asked = db.execute("SELECT COUNT(*) FROM queries").fetchone()[0]
+    assert labelers == {"simulated-oracle"} and asked == 36  # every question went through the HTTP API
+    assert load_text_config(run / "config.toml").oracle.kind == "human"
+    assert main(["train", "--resume", str(run), "--oracle", "synthetic"]) == 2
+    assert "the run was started with oracle.kind = 'human'" in capsys.readouterr().err
+
+    import httpx
+
+    from prefrl.labeler import LabelerProcess
+
+    with LabelerProcess(run) as server:  # `prefrl label RUN` serves a text run: every question is answered
+        r = httpx.post(server.url + "/api/next", json={"session": "0" * 32}, timeout=30)
+        assert r.status_code == 200 and r.json()["query"] is None
+
+
 def test_cli_trains_a_text_experiment_and_plots_it(tmp_path, capsys):
     exp = tmp_path / "exp.toml"
     exp.write_text('kind = "text"\nname = "t"\n')

@@ -1,4 +1,4 @@
-"""Synthetic text oracles: sentiment (VADER), a held-out judge (TextBlob polarity), descriptiveness.
+"""Synthetic text oracles: sentiment (VADER), a held-out judge (TextBlob polarity), descriptiveness, summaries.
 
 A text segment is one response: its ``actions`` are the response's token ids, its last real step
 carries the response's score as ``true_rewards``, and steps after the end are absorbing padding,
@@ -11,6 +11,20 @@ segment's ``true_rewards`` and hands the query to such a teacher. Both scorers r
 ``vaderSentiment`` ships its lexicon, and TextBlob's pattern analyzer and tagger need no download.
 The *judge* is meant to be held out: train the reward on the sentiment teacher's labels and use the
 judge only to measure whether the policy's gains are real or over-optimized.
+
+Summaries are judged against their article, so their scorers read the prompt too: a
+:class:`PromptScorer` takes ``(texts, prompts)``, every other scorer ``texts`` alone, and
+:func:`score_texts` calls either kind (the environment's ``reward_fn``, :class:`TextOracle` and the
+text RLHF run all go through it). For the summarize task (:mod:`prefrl.text.corpus`; the article is
+the prompt before its ``tl;dr``):
+
+- ``summary`` (the labeler, after Ziegler et al. 2019's, who checked summaries for accuracy and
+  coverage; see :func:`summary_labeler`), which rewards copying because a copied word is the easiest
+  to verify;
+- ``abstractive`` (a held-out judge that values faithful content *not* copied verbatim; see
+  :func:`abstractive_judge`);
+- ``copy`` (the share of the summary's trigrams found in the article: the "novel n-grams" statistic
+  inverted; see :func:`copy_rate`).
 """
 
 from __future__ import annotations
@@ -18,17 +32,60 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from functools import cache
+from itertools import pairwise
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from envs.text import EOS, PAD, TextContinuationEnv, WordTokenizer
+from envs.text import DATA_DIR, EOS, PAD, SENTENCE_ENDS, TextContinuationEnv, WordTokenizer
 from prefrl.data import Comparison, Query, Segment
 from prefrl.oracles import SyntheticOracle, make_teacher
+from prefrl.text.corpus import (
+    FUNCTION_WORDS,
+    LINKING_WORDS,
+    article_sentences,
+    concept,
+    content_words,
+    split_prompt,
+)
 
-Scorer = Callable[[Sequence[str]], np.ndarray]
-"""Texts -> ``(n,)`` float scores, higher is better."""
+
+class PromptScorer:
+    """A scorer that reads each response's prompt too: ``(texts, prompts) -> (n,)`` scores.
+
+    Wrap a function with it (it works as a decorator) so that :func:`score_texts` passes the prompts.
+    """
+
+    def __init__(self, fn: Callable[[Sequence[str], Sequence[str]], np.ndarray]) -> None:
+        self.fn = fn
+        self.__name__ = getattr(fn, "__name__", "prompt_scorer")
+        self.__doc__ = fn.__doc__
+
+    def __call__(self, texts: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
+        if len(texts) != len(prompts):
+            raise ValueError(
+                f"{self.__name__}: {len(texts)} texts but {len(prompts)} prompts; pass one prompt per text"
+            )
+        return self.fn(texts, prompts)
+
+
+Scorer = Callable[[Sequence[str]], np.ndarray] | PromptScorer
+"""Texts -> ``(n,)`` float scores, higher is better; or a :class:`PromptScorer` (texts, prompts) -> scores."""
+
+
+def reads_prompt(scorer: Scorer) -> bool:
+    return isinstance(scorer, PromptScorer)
+
+
+def score_texts(scorer: Scorer, texts: Sequence[str], prompts: Sequence[str] | None = None) -> np.ndarray:
+    """``(n,)`` scores of ``texts``; a :class:`PromptScorer` also gets their ``prompts`` (then required)."""
+    if isinstance(scorer, PromptScorer):
+        if prompts is None:
+            raise ValueError(f"the {scorer.__name__} scorer reads each response's prompt; pass the prompts too")
+        return scorer(texts, prompts)
+    return scorer(texts)
+
 
 _INSTALL = "install the text extra: pip install 'prefrl[text]'"
 
@@ -75,10 +132,138 @@ def descriptiveness(texts: Sequence[str]) -> np.ndarray:
     return np.array(out, dtype=np.float64)
 
 
+# -- summaries --------------------------------------------------------------------------------
+SYNONYM_CREDIT = 0.25
+"""What the summary labeler credits a word that the article says only in other words (a synonym): a
+quarter, because a paraphrase is harder to check against the article than a copied word."""
+
+
+@cache
+def _corpus_bigrams() -> frozenset[tuple[str, str]]:
+    """Every pair of adjacent words in the shipped corpus: what the labelers know as well-formed."""
+    words = (line.split() for line in (DATA_DIR / "corpus.txt").read_text().splitlines())
+    return frozenset(pair for w in words for pair in pairwise(w))
+
+
+def fluency(text: str) -> float:
+    """Share of a text's adjacent word pairs seen in the shipped corpus (1 for a single word, 0 for none).
+
+    Word salad and repetitions (``movie movie``, ``wonderful town``) score low; any sentence of the
+    grammar about 0.98 (a few rare word pairs never came up in the corpus).
+    """
+    w = text.split()
+    if len(w) < 2:
+        return float(len(w))
+    bigrams = _corpus_bigrams()
+    return sum(pair in bigrams for pair in pairwise(w)) / (len(w) - 1)
+
+
+def _ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def _copy_rate(text: str, prompt: str, n: int = 3) -> float:
+    summary, article = text.split(), split_prompt(prompt).split()
+    if not summary:
+        return 0.0
+    n = min(n, len(summary))
+    grams = set(_ngrams(article, n))
+    return float(np.mean([g in grams for g in _ngrams(summary, n)]))
+
+
+@PromptScorer
+def copy_rate(texts: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
+    """Share of each summary's word trigrams (end mark included) that occur in its article, in [0, 1].
+
+    ``1 − copy_rate`` is Ziegler et al.'s "novel n-grams" fraction. A summary shorter than three words
+    uses its longest n-grams (a one-word summary: whether its word is in the article); empty: 0.
+    """
+    return np.array([_copy_rate(t, p) for t, p in zip(texts, prompts, strict=True)], dtype=np.float64)
+
+
+@PromptScorer
+def verbatim(texts: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
+    """1 where a summary is word for word one of its article's sentences (end mark ignored), else 0."""
+    out = []
+    for t, p in zip(texts, prompts, strict=True):
+        bare = [w for w in t.split() if w not in SENTENCE_ENDS]
+        out.append(float(any(bare == s[:-1] for s in article_sentences(split_prompt(p)))))
+    return np.array(out, dtype=np.float64)
+
+
+def _support(words: Sequence[str], reference: Sequence[str], *, synonym_credit: float) -> float:
+    """Mean credit of ``words``: 1 if the reference has the word, ``synonym_credit`` if only its concept, else 0."""
+    ref, ref_concepts = set(reference), {concept(w) for w in reference}
+    credit = [1.0 if w in ref else synonym_credit if concept(w) in ref_concepts else 0.0 for w in words]
+    return float(np.mean(credit)) if credit else 0.0
+
+
+def _labeler(text: str, prompt: str, synonym_credit: float, ignore: frozenset[str]) -> tuple[float, float]:
+    """(accuracy-and-coverage score, fluency) of one summary; the score is 0 without content words."""
+    summary, article = content_words(text, ignore=ignore), content_words(split_prompt(prompt), ignore=ignore)
+    if not summary or not article:
+        return 0.0, fluency(text)
+    precision = _support(summary, article, synonym_credit=synonym_credit)
+    coverage = _support(sorted(set(article)), summary, synonym_credit=synonym_credit)
+    return (precision + coverage) / 2, fluency(text)
+
+
+@PromptScorer
+def summary_labeler(texts: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
+    """The synthetic summary labeler: accuracy and coverage, checked word by word against the article, in [0, 1].
+
+    With the summary's content words ``S`` (repeats kept) and the article's distinct content words ``A``
+    (:func:`~prefrl.text.corpus.content_words`: function words such as ``the``/``my``/``and`` left out;
+    verbs and intensifiers count, since a literal checker wants ``seemed`` where the article says
+    ``seemed``), a word is credited 1 if the other side has it literally, :data:`SYNONYM_CREDIT` (¼) if only a
+    synonym of it (:data:`~prefrl.text.corpus.SYNONYM_GROUPS`), else 0::
+
+        precision = mean credit of S against A      (is every word of the summary true to the article?)
+        coverage  = mean credit of A against S      (how much of the article does it tell?)
+        score     = fluency × (precision + coverage) / 2
+
+    ``fluency`` (:func:`fluency`) is the share of the summary's word pairs that occur in the corpus, so
+    word salad and repetitions lose. An empty summary, or one without content words, scores 0. Like
+    Ziegler et al.'s labelers, this one finds a copied word easier to verify than a paraphrased one:
+    a verbatim copy of one of two sentences scores about 0.77, a faithful paraphrase about 0.43, a fusion
+    of both sentences in other words about 0.52, an unrelated sentence about 0.15.
+    """
+    return np.array(
+        [
+            s * f
+            for s, f in (_labeler(t, p, SYNONYM_CREDIT, FUNCTION_WORDS) for t, p in zip(texts, prompts, strict=True))
+        ]
+    )
+
+
+@PromptScorer
+def abstractive_judge(texts: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
+    """A held-out judge of summaries that values faithful content *not* copied verbatim, in [0, 1].
+
+    Faithfulness and coverage as the labeler's (:func:`summary_labeler`) but at the level of meaning:
+    a synonym counts in full, and linking verbs and intensifiers
+    (:data:`~prefrl.text.corpus.LINKING_WORDS`) do not count at all. Copying is discounted by the
+    summary's trigram :func:`copy_rate`::
+
+        score = fluency × (precision + coverage) / 2 × (1 − copy_rate / 2)
+
+    A verbatim copy of one of two sentences scores about 0.39, a paraphrase about 0.70, a faithful fusion
+    of both sentences in other words about 0.87, an unrelated sentence about 0.18.
+    """
+    out = []
+    for t, p in zip(texts, prompts, strict=True):
+        score, flu = _labeler(t, p, 1.0, FUNCTION_WORDS | LINKING_WORDS)
+        out.append(score * flu * (1 - _copy_rate(t, p) / 2))
+    return np.array(out, dtype=np.float64)
+
+
 SCORERS: dict[str, Scorer] = {
     "sentiment": vader_sentiment,
     "judge": textblob_polarity,
     "descriptive": descriptiveness,
+    "summary": summary_labeler,
+    "abstractive": abstractive_judge,
+    "copy": copy_rate,
 }
 
 
@@ -102,7 +287,8 @@ def reward_fn(scorer: str | Scorer, tokenizer: WordTokenizer) -> Callable[[np.nd
     score = get_scorer(scorer) if isinstance(scorer, str) else scorer
 
     def fn(prompt: np.ndarray, response: np.ndarray) -> float:
-        return float(score([response_text(response, tokenizer)])[0])
+        prompts = [tokenizer.decode(prompt)] if reads_prompt(score) else None
+        return float(score_texts(score, [response_text(response, tokenizer)], prompts)[0])
 
     return fn
 
@@ -163,7 +349,8 @@ class TextOracle:
     segments themselves are not changed.
 
     Args:
-        scorer: ``"sentiment"``, ``"judge"``, ``"descriptive"`` or a function texts -> scores.
+        scorer: a name in :data:`SCORERS` (``"sentiment"``, ``"summary"``, ...), a function texts -> scores,
+            or a :class:`PromptScorer`.
         tokenizer: decodes the segments' actions (the response tokens).
         teacher: a :class:`~prefrl.oracles.SyntheticOracle`, or the name of a B-Pref teacher
             (``"oracle"``, ``"stoc"``, ``"mistake"``, ``"skip"``, ``"equal"``, ...).
@@ -189,13 +376,23 @@ class TextOracle:
             self.teacher = make_teacher(teacher, **{"name": f"{name}-{teacher}", **knobs})
 
     def scores(self, segments: Sequence[Segment]) -> np.ndarray:
-        """``(n,)`` score of each segment's response."""
-        return self.score([response_text(s.actions[: s.length], self.tokenizer) for s in segments])
+        """``(n,)`` score of each segment's response (and of its prompt, for a :class:`PromptScorer`)."""
+        texts = [response_text(s.actions[: s.length], self.tokenizer) for s in segments]
+        prompts = None
+        if reads_prompt(self.score):
+            from prefrl.text.reward_model import segment_parts  # torch: only where prompts are read
+
+            prompts = [self.tokenizer.decode(segment_parts(s)[0]) for s in segments]
+        return score_texts(self.score, texts, prompts)
 
     def rescored(self, query: Query) -> Query:
         scores = self.scores(query.segments)
         segs = tuple(with_score(s, float(v)) for s, v in zip(query.segments, scores, strict=True))
         return Query(segments=segs, id=query.id)
+
+    def answer(self, query: Query) -> Comparison:
+        """Label one query now (what a simulated labeler in the web labeler does)."""
+        return self.teacher.answer(self.rescored(query))
 
     def submit(self, queries: Sequence[Query]) -> None:
         self.teacher.submit([self.rescored(q) for q in queries])

@@ -85,7 +85,7 @@ class PPOConfig:
     no_end_penalty: float = -1.0
     """Added to the score of a response that reached no end token."""
     seed: int = 0
-    """Seeds sampling and minibatch order; the run's ``seed`` sets it."""
+    """Seeds sampling and minibatch order (a text run adds its own ``seed`` to it)."""
 
     def __post_init__(self) -> None:
         self.validate()

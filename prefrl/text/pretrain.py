@@ -3,12 +3,24 @@
 Sentences are joined into one stream separated by ``<eos>``; each training example is a window of
 ``block_size`` tokens that starts at a sentence start, as a prompt does at generation time. A
 held-out 5 % of the sentences measures validation loss.
+
+``--summarize`` pretrains ρ for the summarize task instead: the corpus sentences mixed with
+``article tl;dr summary`` texts whose summaries are copies, paraphrases, fusions or unrelated
+sentences (:func:`prefrl.text.corpus.summary_examples`), over the corpus vocabulary plus ``tl;dr``.
+So the model sometimes copies and sometimes abstracts. The shipped checkpoint
+``prefrl/text/data/tiny_summarize.pt`` (``model = "tiny-summarize"`` in a text experiment) is::
+
+    python -m prefrl.text.pretrain --summarize --examples 12000 --steps 6000 --seed 0 --half \\
+        --out prefrl/text/data/tiny_summarize.pt
+
+(:data:`SUMMARIZE_RECIPE`; the checkpoint stores the arguments it was made with as ``recipe``.)
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -93,6 +105,20 @@ def pretrain(
     return metrics
 
 
+SUMMARIZE_RECIPE = ("--summarize", "--examples", "12000", "--steps", "6000", "--seed", "0", "--half")
+"""The arguments the shipped summarize checkpoint was made with (besides ``--out``; the rest are defaults)."""
+
+
+def summarize_texts(
+    sentences: list[str], *, examples: int, rng: np.random.Generator
+) -> tuple[list[str], WordTokenizer]:
+    """The corpus ``sentences`` and ``examples`` summarize texts, shuffled, and their vocabulary (with ``tl;dr``)."""
+    from prefrl.text.corpus import summarize_tokenizer, summary_examples
+
+    texts = [*sentences, *summary_examples(examples, rng=rng)]
+    return [texts[i] for i in rng.permutation(len(texts))], summarize_tokenizer()
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Pretrain the tiny GPT on the shipped corpus and write a checkpoint.")
     ap.add_argument("--out", type=Path, default=Path("tiny_gpt.pt"), help="checkpoint file to write")
@@ -105,6 +131,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--block-size", type=int, default=32, help="context length (prompt + response)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--summarize", action="store_true", help="pretrain for the summarize task: corpus + article tl;dr summary"
+    )
+    ap.add_argument("--examples", type=int, default=12000, help="--summarize: article-summary texts to add")
+    ap.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -112,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     tok = WordTokenizer.load()
     sentences = [s for s in args.corpus.read_text().splitlines() if s.strip()]
+    if args.summarize:
+        sentences, tok = summarize_texts(sentences, examples=args.examples, rng=np.random.default_rng(args.seed + 1))
     order = rng.permutation(len(sentences))
     n_val = max(1, len(sentences) // 20)
     val = token_stream([sentences[i] for i in order[:n_val]], tok)
@@ -125,13 +158,24 @@ def main(argv: list[str] | None = None) -> None:
         model, train, val, steps=args.steps, batch_size=args.batch_size, lr=args.lr, rng=rng, log_every=100
     )
     save_checkpoint(args.out, model, words=tok.words, extra={"metrics": metrics})
+    if args.half:
+        from prefrl.text.lm import half_checkpoint
+
+        given = list(sys.argv[1:] if argv is None else argv)
+        if "--out" in given:  # the recipe is how to make it, not where it went
+            del given[given.index("--out") : given.index("--out") + 2]
+        half_checkpoint(args.out, args.out, recipe=given)
     print(" ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
     prompts = ["the movie was", "my friend said", "yesterday the weather"]
+    if args.summarize:
+        from prefrl.text.corpus import article_prompt, generate_articles
+
+        prompts = [article_prompt(a) for a in generate_articles(4, rng=np.random.default_rng(args.seed + 2))]
     ids, mask = left_pad([tok.encode(p) for p in prompts])
     gen = model.generate(
         ids,
         mask,
-        max_new_tokens=16,
+        max_new_tokens=min(16, args.block_size - ids.shape[1]),
         temperature=0.7,
         stop_tokens=tok.end_ids,
         generator=torch.Generator().manual_seed(0),

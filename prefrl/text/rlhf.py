@@ -22,6 +22,12 @@ A run directory holds ``config.toml``, ``metrics.csv`` (one row per PPO step; ``
 evaluation steps), ``labels.sqlite``, ``samples.csv`` (held-out responses at every evaluation),
 ``checkpoint/`` (policy, reward model, β, random states) and ``plots/``. A killed run resumes from its
 last checkpoint with every label it had already paid for.
+
+The summarize task (``experiments/text_summarize_tiny.toml``) is a run like any other: its prompts are
+articles ending in ``tl;dr`` (``prompts = "summarize_prompts.txt"``, shipped in ``envs/data/``), its ρ the
+tiny GPT pretrained to summarize (``model = "tiny-summarize"``), its labeler and judge read the article
+(``summary`` and ``abstractive``, :mod:`prefrl.text.oracles`), and each evaluation also logs how much
+π and ρ copy from the article (``eval/copy``, ``eval/verbatim``).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import json
 import math
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,11 +53,22 @@ from prefrl.data import Comparison, ComparisonStore, Segment
 from prefrl.run import MetricsLog, restore_rng, rng_state
 from prefrl.segments import select_queries
 from prefrl.text.lm import LanguageModel, Rollout, load_lm
-from prefrl.text.oracles import SCORERS, TextOracle, get_scorer, text_segment
+from prefrl.text.oracles import (
+    SCORERS,
+    TextOracle,
+    copy_rate,
+    get_scorer,
+    reads_prompt,
+    score_texts,
+    text_segment,
+    verbatim,
+)
 from prefrl.text.ppo import PPOConfig, TextPPO
 from prefrl.text.reward_model import TextRewardModel, TextRewardTrainer
 
 ENV_ID = "prefrl/TextContinuation-v0"
+SHIPPED_MODELS = {"tiny-summarize": Path(__file__).parent / "data" / "tiny_summarize.pt"}
+"""Tiny-GPT checkpoints that ship with prefrl besides ``tiny``, by the name a text experiment gives them."""
 
 
 @dataclass
@@ -72,16 +89,25 @@ class TextLabelConfig:
 
 @dataclass
 class TextOracleConfig:
+    kind: str = "synthetic"
+    """``synthetic`` (``scorer`` answers) or ``human`` (people answer in the web labeler; ``prefrl train
+    --oracle human``, or ``--simulate-labeler`` to have ``scorer`` answer through the labeler's HTTP API)."""
     scorer: str = "sentiment"
-    """What the synthetic labeler rewards: ``sentiment`` (VADER), ``descriptive``, ``judge``."""
+    """What the synthetic labeler rewards: ``sentiment`` (VADER), ``descriptive``, ``judge``; for summaries
+    ``summary`` (accuracy and coverage against the article) or ``copy``."""
     judge: str = "judge"
-    """Held-out judge, never trained on (TextBlob polarity): tells real gains from over-optimization."""
+    """Held-out judge, never trained on (TextBlob polarity; for summaries ``abstractive``): tells real gains
+    from over-optimization."""
     teacher: str = "oracle"
     """B-Pref teacher preset: oracle, stoc, mistake, noisy, skip, myopic, equal."""
     beta: float = math.inf
+    """Teacher rationality: answers follow a Bradley–Terry choice at this inverse temperature (inf: always the best)."""
     epsilon: float = 0.0
+    """Probability that the teacher answers at random."""
     skip_threshold: float = -math.inf
+    """The teacher skips a query whose best score is below this (relative to the mean |score|); -inf never skips."""
     equal_threshold: float = 0.0
+    """The teacher calls scores this close (relative) equally good."""
 
 
 @dataclass
@@ -109,9 +135,11 @@ class TextConfig:
     task: str = "continue the text in a positive, happy way"
     """What the labelers should reward, in one sentence (shown to people)."""
     model: str = "tiny"
-    """``tiny``, ``smollm2``, or a path to a Hugging Face causal-LM directory (see :func:`prefrl.text.lm.load_lm`)."""
+    """``tiny``, ``tiny-summarize``, ``smollm2``, or a path to a Hugging Face causal-LM directory (see
+    :func:`prefrl.text.lm.load_lm`)."""
     prompts: str = ""
-    """A text file of prompts, one per line; empty: the shipped prompts."""
+    """A text file of prompts, one per line, or the name of one shipped in ``envs/data/``
+    (``summarize_prompts.txt``); empty: the shipped prompts."""
     reward_source: str = "learned"
     """``learned`` (from comparisons) or ``oracle`` (the oracle's score itself: the upper baseline)."""
     ppo_steps: int = 60
@@ -172,6 +200,7 @@ def check_text_config(cfg: TextConfig) -> None:
 
     need(cfg.kind == "text", "kind", "must be 'text' in a text experiment")
     need(cfg.reward_source in ("learned", "oracle"), "reward_source", "must be 'learned' or 'oracle'")
+    need(cfg.oracle.kind in ("synthetic", "human"), "oracle.kind", "must be 'synthetic' or 'human'")
     need(cfg.ppo_steps >= 1, "ppo_steps", "must be >= 1")
     need(cfg.eval_every >= 1, "eval_every", "must be >= 1")
     need(cfg.eval_prompts >= 1, "eval_prompts", "must be >= 1")
@@ -201,10 +230,19 @@ def save_text_config(cfg: TextConfig, path: Path) -> None:
 
 
 def load_prompt_texts(path: str | Path = "") -> list[str]:
-    """Prompts, one per line (blank lines dropped); the shipped ones by default."""
+    """Prompts, one per line (blank lines dropped); the shipped ones by default.
+
+    A relative path that is not a file here names a file shipped in ``envs/data/`` (``summarize_prompts.txt``).
+    """
     p = Path(path) if path else DATA_DIR / "prompts.txt"
+    if not p.is_file() and not p.is_absolute() and (DATA_DIR / p).is_file():
+        p = DATA_DIR / p
     if not p.is_file():
-        raise ConfigError(f"config: prompts = '{path}' is not a file; give a text file with one prompt per line")
+        shipped = ", ".join(sorted(f.name for f in DATA_DIR.glob("*prompts.txt")))
+        raise ConfigError(
+            f"config: prompts = '{path}' is not a file; give a text file with one prompt per line "
+            f"(or a shipped one: {shipped})"
+        )
     texts = [line.strip() for line in p.read_text().splitlines() if line.strip()]
     if not texts:
         raise ConfigError(f"config: prompts file '{p}' holds no prompts")
@@ -225,6 +263,10 @@ class Responses:
             response_length=response_length,
             tokenizer=self.tokenizer,
         )
+
+    def prompt_texts(self, rollout: Rollout) -> list[str]:
+        """The words of each prompt."""
+        return [self.tokenizer.decode(p) for p in rollout.prompts()]
 
     def texts(self, rollout: Rollout) -> list[str]:
         """The words of each response (end-of-text and padding dropped, sentence ends kept)."""
@@ -278,17 +320,18 @@ def _kl(ppo: TextPPO, rollout: Rollout) -> float:
 class TextRun:
     """The state of one text run (see the module docstring); :func:`train_text` drives it."""
 
-    def __init__(self, cfg: TextConfig, path: str | Path) -> None:
+    def __init__(self, cfg: TextConfig, path: str | Path, *, oracle: Any = None) -> None:
         self.cfg, self.path = cfg, Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "checkpoint").mkdir(exist_ok=True)
-        threads = cfg.threads or (1 if cfg.model == "tiny" else 0)
+        threads = cfg.threads or (1 if cfg.model in ("tiny", *SHIPPED_MODELS) else 0)
         if threads:
             torch.set_num_threads(threads)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed + 7)
-        self.policy = load_lm(cfg.model)
+        self.policy = load_lm(SHIPPED_MODELS.get(cfg.model, cfg.model))
+        self.policy.name = cfg.model
         tok = self.policy.tokenizer
         texts = load_prompt_texts(cfg.prompts)
         ids = [tok.encode(t) for t in texts]
@@ -303,9 +346,12 @@ class TextRun:
         self.responses = Responses(self.policy, ids, cfg.ppo.response_length)
         self.score = get_scorer(cfg.oracle.scorer)
         self.judge = get_scorer(cfg.oracle.judge)
+        # a task whose scorers read the prompt summarizes it (an article): its evaluations log copy rates
+        self.summarize = reads_prompt(self.score) or reads_prompt(self.judge)
         knob_names = ("beta", "epsilon", "skip_threshold", "equal_threshold")  # set explicitly: override the preset
         knobs = {k: getattr(cfg.oracle, k) for k in knob_names if f"oracle.{k}" in cfg.overrides}
         self.oracle = TextOracle(cfg.oracle.scorer, tokenizer=tok, teacher=cfg.oracle.teacher, seed=cfg.seed, **knobs)
+        self.asker = oracle if oracle is not None else self.oracle  # who answers: the scorer, or people
         self.store = ComparisonStore(self.path / "labels.sqlite")
         self.metrics = MetricsLog(self.path / "metrics.csv")
         self.reward_model: TextRewardModel | None = None
@@ -320,7 +366,7 @@ class TextRun:
             reward_fn = self._learned_reward
         else:
             reward_fn = self._oracle_reward
-        self.ppo = TextPPO(self.policy, reward_fn, cfg.ppo)
+        self.ppo = TextPPO(self.policy, reward_fn, dataclasses.replace(cfg.ppo, seed=cfg.ppo.seed + cfg.seed))
         self.step = 0
         self.online_asked = 0
         self._rho: dict[str, np.ndarray] | None = None
@@ -332,7 +378,8 @@ class TextRun:
         return self.reward_model.predict(rollout.tokens, rollout.attention_mask)[0]
 
     def _oracle_reward(self, rollout: Rollout) -> torch.Tensor:
-        return torch.as_tensor(self.score(self.responses.texts(rollout)), dtype=torch.float32)
+        scores = score_texts(self.score, self.responses.texts(rollout), self.responses.prompt_texts(rollout))
+        return torch.as_tensor(scores, dtype=torch.float32)
 
     # -- labels -----------------------------------------------------------------------------------
     def ask(self, model: LanguageModel, n: int) -> dict[str, float]:
@@ -349,10 +396,13 @@ class TextRun:
         queries, info = select_queries(
             segments, n=n, k=k, sampler=cfg.labels.sampler, ensemble=ensemble, rng=self.rng, tuples=tuples
         )
-        self.oracle.submit(queries)
-        answers: list[Comparison] = self.oracle.collect(timeout=None)
         used = {s.id for q in queries for s in q.segments}
-        self.store.add_many(answers, [s for s in segments if s.id in used])
+        self.store.add_segments(s for s in segments if s.id in used)  # committed before anyone is asked
+        self.asker.submit(queries)
+        answers: list[Comparison] = self.asker.collect(timeout=None)
+        while self.asker.pending():  # people answer one by one: wait for all of them
+            answers += self.asker.collect(timeout=None)
+        self.store.add_many(answers)
         return {**info, "labels/total": float(self.store.count())}
 
     def fit(self) -> dict[str, float]:
@@ -379,9 +429,17 @@ class TextRun:
         return _generate(model, self.eval_prompts, self.cfg, gen), _generate(model, self.eval_prompts, self.cfg, gen)
 
     def _scored(self, rollouts: tuple[Rollout, Rollout]) -> dict[str, np.ndarray]:
-        """Oracle score, judge score and (if learned) reward-model score of both rollouts: ``(2, n)`` each."""
+        """Oracle score, judge score, (if learned) reward-model score and (summaries) copy rates of both
+        rollouts: ``(2, n)`` each."""
         texts = [self.responses.texts(r) for r in rollouts]
-        out = {"score": np.stack([self.score(t) for t in texts]), "judge": np.stack([self.judge(t) for t in texts])}
+        prompts = [self.responses.prompt_texts(r) for r in rollouts]
+        out = {
+            "score": np.stack([score_texts(self.score, t, p) for t, p in zip(texts, prompts, strict=True)]),
+            "judge": np.stack([score_texts(self.judge, t, p) for t, p in zip(texts, prompts, strict=True)]),
+        }
+        if self.summarize:
+            out["copy"] = np.stack([copy_rate(t, p) for t, p in zip(texts, prompts, strict=True)])
+            out["verbatim"] = np.stack([verbatim(t, p) for t, p in zip(texts, prompts, strict=True)])
         if self.reward_model is not None:
             out["rm"] = np.stack([self._learned_reward(r).numpy() for r in rollouts])
         out["texts"] = np.array(texts, dtype=object)
@@ -395,7 +453,10 @@ class TextRun:
         ``eval/win_judge`` / ``eval/win_score``: how often π's response beats ρ's to the same prompt (ties
         count ½); ``eval/kl``: KL(π‖ρ) in nats per response; ``eval/reward_model``: the reward model's mean
         on π; ``eval/rm_acc_rho`` / ``eval/rm_acc_pi``: how often the reward model orders a pair of responses
-        to the same prompt as the oracle does, on ρ's samples and on π's (distribution shift).
+        to the same prompt as the oracle does, on ρ's samples and on π's (distribution shift). Summaries
+        (scorers that read the prompt) add ``eval/copy`` / ``eval/rho_copy``: the share of π's (ρ's) summary
+        trigrams found in the article, and ``eval/verbatim`` / ``eval/rho_verbatim``: the share of summaries
+        that are one of the article's sentences word for word.
         """
         if self._rho is None:  # ρ's held-out samples and their oracle and judge scores never change
             self._rho_rollouts = self._eval_samples(self.ppo.ref, self.cfg.seed + 999)
@@ -417,6 +478,10 @@ class TextRun:
             "eval/ended": float(pi_rollouts[0].ended.float().mean()),
             "eval/length": float(pi_rollouts[0].response_lengths.float().mean()),
         }
+        if self.summarize:
+            for key in ("copy", "verbatim"):
+                out[f"eval/{key}"] = float(pi[key].mean())
+                out[f"eval/rho_{key}"] = float(rho[key].mean())
         if self.reward_model is not None:
             rho_rm = np.stack([self._learned_reward(r).numpy() for r in self._rho_rollouts])  # (2, n) current model
             out["eval/reward_model"] = float(pi["rm"].mean())
@@ -478,13 +543,26 @@ class TextRun:
         return max(0, target - self.online_asked)
 
 
-def train_text(cfg: TextConfig, path: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) a text run in ``path``; returns the final evaluation and label count."""
+def train_text(
+    cfg: TextConfig,
+    path: str | Path,
+    *,
+    progress: bool = True,
+    oracle: Any = None,
+    on_start: Callable[[TextRun], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a text run in ``path``; returns the final evaluation and label count.
+
+    ``oracle`` answers the queries instead of the configured scorer (e.g. a
+    :class:`~prefrl.oracles.HumanOracle` on the web labeler's queue); ``on_start(run)`` is called once the
+    run is built, before anything is asked."""
     path = Path(path)
     final_file = path / "final.json"
     if final_file.exists():
         return json.loads(final_file.read_text())
-    run = TextRun(cfg, path)
+    run = TextRun(cfg, path, oracle=oracle)
+    if on_start is not None:
+        on_start(run)
     save_text_config(cfg, path / "config.toml")
     clock0 = time.perf_counter()
     resumed = run.restore()
@@ -565,10 +643,16 @@ def plot_text(path: str | Path) -> list[Path]:
     lines = [("eval/score", f"oracle ({cfg.oracle.scorer})"), ("eval/judge", f"held-out judge ({cfg.oracle.judge})")]
     if cfg.reward_source == "learned":
         lines.append(("eval/reward_model", "reward model (normalized)"))
+    summaries = rows[-1].get("eval/copy") not in (None, "")  # a summarize task: how much π copies
+    if summaries:
+        lines.append(("eval/copy", "copy rate of π (trigrams in the article)"))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for key, label in lines:
         axes[0].plot(step, col(key), marker="o", ms=3, label=label)
         axes[1].plot(kl, col(key), marker="o", ms=3, label=label)
+    if summaries:
+        for ax in axes:
+            ax.axhline(col("eval/rho_copy")[-1], ls="--", c="grey", lw=1, label="copy rate of ρ")
     axes[0].set(xlabel="PPO step", ylabel="mean score on held-out prompts", title=f"{cfg.name}: {cfg.model}")
     axes[1].set(xlabel="KL(π‖ρ), nats per response", ylabel="mean score", title="over-optimization curve")
     for ax in axes:
