@@ -39,6 +39,12 @@ COLUMNS = [
 ]  # fmt: skip
 
 
+def markdown_table(columns: list[str], rows: list[dict]) -> list[str]:
+    """The lines of a Markdown table of ``rows`` (dicts), one column per name in ``columns``."""
+    head = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return head + ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+
+
 def grid(only: str, seeds: list[int]) -> list[dict]:
     jobs: list[dict] = []
     if only in ("all", "tiny"):
@@ -164,10 +170,8 @@ def write_md(rows: list[dict], out: Path) -> None:
         "prompt as the oracle does, on ρ's samples and on π's; `win_judge_kl6` is the win rate at the last "
         "evaluation (PPO step `kl6_step`) where KL(π‖ρ) was at most 6 nats.",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        *markdown_table(COLUMNS, rows),
     ]
-    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
     lines += ["", "![over-optimization](text_rlhf_overopt.png) ![budgets](text_rlhf_budgets.png)", "",
               f"Machine: {machine()}."]  # fmt: skip
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -245,10 +249,8 @@ def write_summarize(rows: list[dict], runs: Path, out: Path) -> None:
         "and 1,000 on π's in 4 rounds, adaptive β; `oracle` runs PPO on the labeler's own score. Means over 64 "
         "held-out articles, two summaries each, at the last evaluation.",
         "",
-        "| " + " | ".join(SUMMARIZE_COLUMNS) + " |",
-        "|" + "---|" * len(SUMMARIZE_COLUMNS),
+        *markdown_table(SUMMARIZE_COLUMNS, rows),
     ]
-    lines += ["| " + " | ".join(str(r[c]) for c in SUMMARIZE_COLUMNS) + " |" for r in rows]
     done = {
         f"{r['method']} reward": runs / f"summarize-{r['method']}-{r['labels']}-s{r['seed']}"
         for r in rows

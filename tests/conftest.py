@@ -76,3 +76,14 @@ def postgres_url() -> Iterator[str]:
         stop = [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]
         subprocess.run([*prefix, *stop], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test (tiny models run faster so), restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -84,17 +84,6 @@ def background(tmp_path_factory: pytest.TempPathFactory):
     bg.stop()
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Doctests run in this process: one torch thread, as in the tutorials, restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _load_hooks():
     spec = importlib.util.spec_from_file_location("prefrl_docs_hooks", DOCS / "hooks.py")
     module = importlib.util.module_from_spec(spec)

@@ -8,7 +8,6 @@ import sqlite3
 
 import numpy as np
 import pytest
-import torch
 
 from prefrl.cli import main
 from prefrl.config import ConfigError
@@ -30,12 +29,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: 2 threads only add overhead
 
 
 def labels_in(path) -> list[tuple]:

@@ -43,12 +43,7 @@ UNRELATED = "my sister hated the coffee ."
 SALAD = "movie wonderful town dull ."
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: 2 threads only add overhead
 
 
 def scores(texts: list[str]) -> dict[str, np.ndarray]:
