@@ -109,10 +109,10 @@ def _train_text(args: argparse.Namespace) -> int:
         raise ConfigError("--db names the web labeler's label store; it needs --oracle human")
     print(f"prefrl: run directory {path}", file=sys.stderr)
     if people:  # text segments are shown as text: the labeler needs only the task
-        Path(path).mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
         result = _with_labeler(
             args,
-            Path(path),
+            path,
             TrainConfig(task=cfg.task),
             name=f"simulated-{cfg.oracle.teacher}",
             train_fn=lambda oracle, simulate: train_text(

@@ -6,13 +6,14 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from prefrl.labeler import free_port
 
 POSTGRES_URL = "PREFRL_TEST_POSTGRES_URL"
 """Set it to a SQLAlchemy URL of an empty database to test against a server of your own instead."""
@@ -25,12 +26,6 @@ def _postgres_bin() -> Path | None:
         return Path(dirs[-1])
     initdb = shutil.which("initdb")
     return Path(initdb).parent if initdb else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +54,7 @@ def postgres_url() -> Iterator[str]:
             pytest.fail("running as root, the throwaway Postgres server needs a 'postgres' user to run as")
         os.chown(root, user.pw_uid, user.pw_gid)
         prefix = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
 
     def run(*args: str) -> None:
         done = subprocess.run([*prefix, *args], capture_output=True, text=True)

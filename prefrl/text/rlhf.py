@@ -52,7 +52,7 @@ from prefrl.config import ConfigError, _merge, _toml_safe, parse_override
 from prefrl.data import Comparison, ComparisonStore, Segment
 from prefrl.run import MetricsLog, restore_rng, rng_state
 from prefrl.segments import select_queries
-from prefrl.text.lm import LanguageModel, Rollout, load_lm
+from prefrl.text.lm import TINY_MODELS, LanguageModel, Rollout, load_lm
 from prefrl.text.oracles import (
     SCORERS,
     TextOracle,
@@ -67,8 +67,6 @@ from prefrl.text.ppo import PPOConfig, TextPPO
 from prefrl.text.reward_model import TextRewardModel, TextRewardTrainer
 
 ENV_ID = "prefrl/TextContinuation-v0"
-SHIPPED_MODELS = {"tiny-summarize": Path(__file__).parent / "data" / "tiny_summarize.pt"}
-"""Tiny-GPT checkpoints that ship with prefrl besides ``tiny``, by the name a text experiment gives them."""
 
 
 @dataclass
@@ -324,14 +322,13 @@ class TextRun:
         self.cfg, self.path = cfg, Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "checkpoint").mkdir(exist_ok=True)
-        threads = cfg.threads or (1 if cfg.model in ("tiny", *SHIPPED_MODELS) else 0)
+        threads = cfg.threads or (1 if cfg.model in TINY_MODELS else 0)
         if threads:
             torch.set_num_threads(threads)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed + 7)
-        self.policy = load_lm(SHIPPED_MODELS.get(cfg.model, cfg.model))
-        self.policy.name = cfg.model
+        self.policy = load_lm(cfg.model)
         tok = self.policy.tokenizer
         texts = load_prompt_texts(cfg.prompts)
         ids = [tok.encode(t) for t in texts]
