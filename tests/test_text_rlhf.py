@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
+import sys
 
 import numpy as np
 import pytest
@@ -144,3 +145,26 @@ def test_cli_trains_a_text_experiment_and_plots_it(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "run"), "--no-progress"]) == 0  # finished: returns at once
     assert main(["train", str(exp), "--set", "labels.k=1"]) == 2
     assert "labels.k = 1 must be >= 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("scorer", "module", "package"),
+    [("sentiment", "vaderSentiment", "vaderSentiment"), ("descriptive", "textblob", "textblob")],
+)
+def test_a_missing_oracle_package_stops_the_run_with_one_line(tmp_path, capsys, monkeypatch, scorer, module, package):
+    from prefrl.text import oracles
+
+    for name in [m for m in sys.modules if m.split(".")[0] == module] + [module]:
+        monkeypatch.setitem(sys.modules, name, None)  # importing it (or a submodule) now raises ImportError
+    oracles._vader.cache_clear()
+    oracles._pattern.cache_clear()
+    exp = tmp_path / "exp.toml"
+    exp.write_text(f'kind = "text"\nname = "t"\n[oracle]\nscorer = "{scorer}"\n')
+    assert main(["train", str(exp), "--run-dir", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("prefrl: error:")]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert f"the {package} package" in errors[0] and "pip install 'prefrl[text]'" in errors[0]
+    assert not (tmp_path / "run" / "labels.sqlite").exists()  # stopped before anything was made
+    oracles._vader.cache_clear()
+    oracles._pattern.cache_clear()

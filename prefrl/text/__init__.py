@@ -20,3 +20,6 @@
 
 The environment itself is :class:`envs.text.TextContinuationEnv` (``prefrl/TextContinuation-v0``).
 """
+
+INSTALL_TEXT = "install the text extra: pip install 'prefrl[text]'"
+"""How to install the packages the text models and oracles need (said in their missing-package messages)."""

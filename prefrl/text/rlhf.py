@@ -328,6 +328,8 @@ class TextRun:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed + 7)
+        self.score = get_scorer(cfg.oracle.scorer)  # before the model loads: a missing package stops the run at once
+        self.judge = get_scorer(cfg.oracle.judge)
         self.policy = load_lm(cfg.model)
         tok = self.policy.tokenizer
         texts = load_prompt_texts(cfg.prompts)
@@ -341,8 +343,6 @@ class TextRun:
         self.eval_prompts = [ids[i] for i in order[: cfg.eval_prompts]]
         self.train_prompts = [ids[i] for i in order[cfg.eval_prompts :]]
         self.responses = Responses(self.policy, ids, cfg.ppo.response_length)
-        self.score = get_scorer(cfg.oracle.scorer)
-        self.judge = get_scorer(cfg.oracle.judge)
         # a task whose scorers read the prompt summarizes it (an article): its evaluations log copy rates
         self.summarize = reads_prompt(self.score) or reads_prompt(self.judge)
         knob_names = ("beta", "epsilon", "skip_threshold", "equal_threshold")  # set explicitly: override the preset
