@@ -3,8 +3,9 @@
 For the tiny GPT (the full grid) and SmolLM2-135M (a reduced budget, stated in the table), on the sentiment
 task: label budgets 250 / 500 / 1,000 / 2,000 (half offline on ρ's samples, half online on π's), PPO on
 the oracle's own score as the upper line, and a sweep of fixed KL coefficients β for the over-optimization
-curve. Each run is an ordinary ``prefrl train`` run in its own process (so its peak memory is its own);
-finished runs are skipped, interrupted ones resume from their checkpoints.
+curve; on the descriptive task, 2,000 labels beside the oracle line. Each run is an ordinary ``prefrl train``
+run in its own process (so its peak memory is its own); finished runs are skipped, interrupted ones resume
+from their checkpoints.
 
 Writes ``benchmarks/results/text_rlhf.{csv,md}`` and ``text_rlhf_overopt.png``, ``text_rlhf_budgets.png``.
 
@@ -13,7 +14,8 @@ summarize, 2,000 labels, and PPO on the labeler's own score as the upper line) w
 ``benchmarks/results/text_summarize.{csv,md}``, with copy rates of ρ and π.
 
     python benchmarks/text_rlhf.py                   # everything (about an hour on 2 cores)
-    python benchmarks/text_rlhf.py --only tiny       # the tiny-GPT grid only
+    python benchmarks/text_rlhf.py --only tiny       # the tiny-GPT grid only (sentiment and descriptive)
+    python benchmarks/text_rlhf.py --only tiny --seeds 0 1 2   # ... over three seeds (the tables keep every run)
     python benchmarks/text_rlhf.py --only summarize  # the summarize task only (a few minutes)
 """
 
@@ -33,10 +35,14 @@ ROOT = HERE.parent
 TINY = ROOT / "experiments" / "text_sentiment_tiny.toml"
 SMOL = ROOT / "experiments" / "text_sentiment_smollm2.toml"
 SUMMARIZE = ROOT / "experiments" / "text_summarize_tiny.toml"
+DESCRIPTIVE = ROOT / "experiments" / "text_descriptive_tiny.toml"
 COLUMNS = [
-    "model", "method", "labels", "beta", "seed", "steps", "score", "judge", "rho_score", "rho_judge", "win_judge",
-    "kl", "reward_model", "rm_acc_rho", "rm_acc_pi", "win_judge_kl6", "kl6_step", "wall_s", "peak_mb",
+    "task", "model", "method", "labels", "beta", "seed", "steps", "score", "judge", "rho_score", "rho_judge",
+    "win_judge", "kl", "reward_model", "rm_acc_rho", "rm_acc_pi", "win_judge_kl6", "kl6_step", "wall_s", "peak_mb",
+    "commit",
 ]  # fmt: skip
+KEY = ["task", "model", "method", "labels", "beta"]  # one row of the summary table: the mean over seeds
+MEANS = ["score", "judge", "win_judge", "kl", "rm_acc_rho", "rm_acc_pi", "win_judge_kl6", "wall_s"]
 
 
 def markdown_table(columns: list[str], rows: list[dict]) -> list[str]:
@@ -52,18 +58,25 @@ def grid(only: str, seeds: list[int]) -> list[dict]:
             for labels in (2000, 1000, 500, 250):
                 half = labels // 2
                 sets = [f"labels.offline={half}", f"labels.online={labels - half}"]
-                jobs.append(dict(model="tiny", method="learned", labels=labels, beta="adaptive", seed=seed,
-                                 exp=TINY, sets=sets))  # fmt: skip
-            jobs.append(dict(model="tiny", method="oracle", labels=0, beta="adaptive", seed=seed, exp=TINY,
-                             sets=["reward_source='oracle'"]))  # fmt: skip
+                jobs.append(dict(task="sentiment", model="tiny", method="learned", labels=labels, beta="adaptive",
+                                 seed=seed, exp=TINY, sets=sets))  # fmt: skip
+            jobs.append(dict(task="sentiment", model="tiny", method="oracle", labels=0, beta="adaptive", seed=seed,
+                             exp=TINY, sets=["reward_source='oracle'"]))  # fmt: skip
         for beta in (0.01, 0.03, 0.1, 0.3):  # the over-optimization sweep: fixed β, 2,000 labels
-            jobs.append(dict(model="tiny", method="learned", labels=2000, beta=beta, seed=seeds[0], exp=TINY,
-                             sets=["ppo.adaptive_kl=false", f"ppo.init_kl_coef={beta}"]))  # fmt: skip
+            jobs.append(dict(task="sentiment", model="tiny", method="learned", labels=2000, beta=beta, seed=seeds[0],
+                             exp=TINY, sets=["ppo.adaptive_kl=false", f"ppo.init_kl_coef={beta}"]))  # fmt: skip
+    if only in ("all", "tiny", "descriptive"):
+        for seed in seeds:
+            jobs.append(dict(task="descriptive", model="tiny", method="learned", labels=2000, beta="adaptive",
+                             seed=seed, exp=DESCRIPTIVE, sets=[]))  # fmt: skip
+            jobs.append(dict(task="descriptive", model="tiny", method="oracle", labels=0, beta="adaptive", seed=seed,
+                             exp=DESCRIPTIVE, sets=["reward_source='oracle'"]))  # fmt: skip
     if only in ("all", "smollm2"):
-        jobs.append(dict(model="smollm2", method="learned", labels=250, beta="adaptive", seed=seeds[0], exp=SMOL,
-                         sets=[]))  # fmt: skip
+        jobs.append(dict(task="sentiment", model="smollm2", method="learned", labels=250, beta="adaptive",
+                         seed=seeds[0], exp=SMOL, sets=[]))  # fmt: skip
     for j in jobs:
-        j["name"] = f"{j['model']}-{j['method']}-{j['labels']}-b{j['beta']}-s{j['seed']}"
+        prefix = "" if j["task"] == "sentiment" else f"{j['task']}-"
+        j["name"] = f"{prefix}{j['model']}-{j['method']}-{j['labels']}-b{j['beta']}-s{j['seed']}"
         j["sets"] = [*j["sets"], f"seed={j['seed']}"]
     return jobs
 
@@ -82,8 +95,16 @@ def execute(job: dict, runs: Path) -> Path:
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=ROOT)
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        from prefrl.bench import machine_info
+
         (path / "bench.json").write_text(
-            json.dumps({"peak_mb": round(max(peak, before) / 1024, 1), "this_wall_s": time.perf_counter() - t0})
+            json.dumps(
+                {
+                    "peak_mb": round(max(peak, before) / 1024, 1),
+                    "this_wall_s": time.perf_counter() - t0,
+                    "commit": machine_info()["commit"],
+                }
+            )
         )
     return path
 
@@ -92,8 +113,9 @@ def run(job: dict, runs: Path) -> dict:
     path = execute(job, runs)
     result = json.loads((path / "final.json").read_text())
     extra = json.loads((path / "bench.json").read_text()) if (path / "bench.json").exists() else {}
-    row = {k: job[k] for k in ("model", "method", "labels", "beta", "seed")}
+    row = {k: job[k] for k in ("task", "model", "method", "labels", "beta", "seed")}
     row.update(steps=result["step"], wall_s=result["wall_s"], peak_mb=extra.get("peak_mb", ""))
+    row["commit"] = extra.get("commit", "")
     for k in ("score", "judge", "rho_score", "rho_judge", "win_judge", "kl", "reward_model", "rm_acc_rho", "rm_acc_pi"):
         v = result.get(f"eval/{k}")
         row[k] = "" if v is None else round(float(v), 4)
@@ -117,7 +139,8 @@ def plots(rows: list[dict], runs: Path, out: Path) -> None:
     import numpy as np
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    sweep = [r for r in rows if r["model"] == "tiny" and r["beta"] != "adaptive"]
+    sentiment = [r for r in rows if r["task"] == "sentiment" and r["model"] == "tiny"]
+    sweep = [r for r in sentiment if r["beta"] != "adaptive"]
     for r in sorted(sweep, key=lambda r: float(r["beta"])):
         name = f"tiny-learned-2000-b{r['beta']}-s{r['seed']}"
         t = trajectories(runs / name)
@@ -136,12 +159,12 @@ def plots(rows: list[dict], runs: Path, out: Path) -> None:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    budget = [r for r in rows if r["model"] == "tiny" and r["beta"] == "adaptive" and r["method"] == "learned"]
+    budget = [r for r in sentiment if r["beta"] == "adaptive" and r["method"] == "learned"]
     xs = sorted({int(r["labels"]) for r in budget})
     for key, label in (("score", "oracle (VADER)"), ("judge", "held-out judge"), ("win_judge", "win rate vs ρ")):
         ys = [np.mean([float(r[key]) for r in budget if int(r["labels"]) == x]) for x in xs]
         ax.plot(xs, ys, marker="o", label=label)
-    oracle = [r for r in rows if r["model"] == "tiny" and r["method"] == "oracle"]
+    oracle = [r for r in sentiment if r["method"] == "oracle"]
     if oracle:
         mean = np.mean([float(r["score"]) for r in oracle])
         ax.axhline(mean, ls="--", c="k", lw=1, label="PPO on the oracle (VADER)")
@@ -153,27 +176,55 @@ def plots(rows: list[dict], runs: Path, out: Path) -> None:
     plt.close(fig)
 
 
+def mean_over_seeds(rows: list[dict]) -> list[dict]:
+    """One row per setting (``KEY``): the number of seeds and each ``MEANS`` column as mean ± std over seeds."""
+    import numpy as np
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in KEY), []).append(r)
+    out = []
+    for key, members in groups.items():
+        row = dict(zip(KEY, key, strict=True), seeds=len(members))
+        for c in MEANS:
+            xs = [float(m[c]) for m in members if m[c] != ""]
+            fmt = "{:.0f}" if c == "wall_s" else "{:.3f}"
+            row[c] = "" if not xs else fmt.format(np.mean(xs)) + (f" ± {fmt.format(np.std(xs))}" if len(xs) > 1 else "")
+        out.append(row)
+    return out
+
+
 def write_md(rows: list[dict], out: Path) -> None:
     from prefrl.bench import machine
 
+    commits = sorted({r["commit"] for r in rows if r["commit"]})
     lines = [
         "# Text RLHF",
         "",
-        "`python benchmarks/text_rlhf.py`. Sentiment task: the synthetic labeler prefers the response VADER scores "
-        "higher; the held-out judge (TextBlob polarity) never trains anything. Tiny GPT: 100 PPO steps of 64 "
-        "responses, half the labels offline (ρ's samples), half online in 4 rounds (π's samples), adaptive β "
-        "(from 0.1 towards 5 nats, horizon 1,000 responses) unless a fixed β is given. "
-        "SmolLM2-135M: reduced budget (250 offline labels, frozen "
-        "reward backbone, 20 PPO steps of 16 responses of up to 16 tokens). All scores are means over the "
-        "held-out prompts at the last evaluation; `win_judge` is how often π's response beats ρ's to the same "
-        "prompt by the judge (ties ½); `rm_acc_*` is how often the reward model orders two responses to one "
-        "prompt as the oracle does, on ρ's samples and on π's; `win_judge_kl6` is the win rate at the last "
-        "evaluation (PPO step `kl6_step`) where KL(π‖ρ) was at most 6 nats.",
+        "`python benchmarks/text_rlhf.py`. **Sentiment** task: the synthetic labeler prefers the response VADER "
+        "scores higher; the held-out judge (TextBlob polarity) never trains anything. **Descriptive** task "
+        "(`experiments/text_descriptive_tiny.toml`, 60 PPO steps): the labeler prefers the response denser in "
+        "adjectives and adverbs (TextBlob's tagger); the held-out judge is TextBlob's lexicon subjectivity. Tiny "
+        "GPT: 100 PPO steps of 64 responses, half the labels offline (ρ's samples), half online in 4 rounds "
+        "(π's samples), adaptive β (from 0.1 towards 5 nats, horizon 1,000 responses) unless a fixed β is given. "
+        "SmolLM2-135M: reduced budget (250 offline labels, frozen reward backbone, 20 PPO steps of 16 responses "
+        "of up to 16 tokens). `oracle` runs PPO on the labeler's own score (the upper line). All scores are "
+        "means over the held-out prompts at the last evaluation; `win_judge` is how often π's response beats "
+        "ρ's to the same prompt by the judge (ties ½); `rm_acc_*` is how often the reward model orders two "
+        "responses to one prompt as the oracle does, on ρ's samples and on π's; `win_judge_kl6` is the win "
+        "rate at the last evaluation (PPO step `kl6_step`) where KL(π‖ρ) was at most 6 nats.",
+        "",
+        "## Mean ± std over seeds",
+        "",
+        *markdown_table([*KEY, "seeds", *MEANS], mean_over_seeds(rows)),
+        "",
+        "## Every run",
         "",
         *markdown_table(COLUMNS, rows),
     ]
     lines += ["", "![over-optimization](text_rlhf_overopt.png) ![budgets](text_rlhf_budgets.png)", "",
-              f"Machine: {machine()}."]  # fmt: skip
+              f"Machine: {machine()} (the table is written there; each run's own commit is in its row: "
+              f"{', '.join(commits) or 'unknown'})."]  # fmt: skip
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -267,7 +318,7 @@ def write_summarize(rows: list[dict], runs: Path, out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", choices=["all", "tiny", "smollm2", "summarize"], default="all")
+    p.add_argument("--only", choices=["all", "tiny", "descriptive", "smollm2", "summarize"], default="all")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--runs", type=Path, default=HERE / "runs" / "text_rlhf")
     p.add_argument("--out", type=Path, default=HERE / "results" / "text_rlhf.csv")
@@ -285,11 +336,13 @@ def main() -> None:
         print(f"text_rlhf: wrote {target}")
         if args.only == "summarize":
             return
-    rows = []
     for job in grid(args.only, args.seeds):
         print(f"text_rlhf: {job['name']}", flush=True)
-        rows.append(run(job, args.runs))
-        print(f"text_rlhf: {job['name']}: {rows[-1]}", flush=True)
+        print(f"text_rlhf: {job['name']}: {run(job, args.runs)}", flush=True)
+    # the tables hold every finished run of the whole grid, for the seeds asked and those run before
+    found = {int(d.name.rsplit("-s", 1)[1]) for d in args.runs.glob("*-s*") if d.name.rsplit("-s", 1)[1].isdigit()}
+    jobs = grid("all", sorted(set(args.seeds) | found))
+    rows = [run(job, args.runs) for job in jobs if (args.runs / job["name"] / "final.json").exists()]
     with args.out.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()

@@ -12,7 +12,15 @@ from prefrl.data import SKIP, TIE, ComparisonStore, Query
 from prefrl.oracles import Oracle, SyntheticOracle, ask
 from prefrl.text.corpus import build
 from prefrl.text.model import GPT, GPTConfig, left_pad, load_checkpoint, save_checkpoint
-from prefrl.text.oracles import TextOracle, descriptiveness, reward_fn, text_segment, textblob_polarity, vader_sentiment
+from prefrl.text.oracles import (
+    TextOracle,
+    descriptiveness,
+    reward_fn,
+    subjective_words,
+    text_segment,
+    textblob_polarity,
+    vader_sentiment,
+)
 from prefrl.text.pretrain import pretrain, token_stream
 
 torch.set_num_threads(1)
@@ -222,6 +230,16 @@ def test_descriptiveness_counts_adjectives_and_adverbs(text_env):
     a = text_segment(text_env, 0, tok.encode("the dog ."), id=0)
     b = text_segment(text_env, 0, tok.encode("very old and quite small ."), id=1)
     assert ask(TextOracle("descriptive", tokenizer=tok), [Query(segments=(a, b))])[0].label == 1
+
+
+def test_subjective_words_judge_descriptiveness_with_another_instrument():
+    plain, rich, empty = subjective_words(["the dog went to the car again .", "the very old dog was happy !", ""])
+    assert plain == 0.0 and rich == pytest.approx(3 / 6) and empty == 0.0  # "very old", "happy"
+    assert descriptiveness(["the dog went to the car again ."])[0] > 0  # the tagger counts "again"
+    texts = shipped_sentences()[:300]
+    d, s = descriptiveness(texts), subjective_words(texts)
+    assert np.corrcoef(d, s)[0, 1] > 0.3  # related ...
+    assert (d != s).mean() > 0.2  # ... but a lexicon is not a tagger
 
 
 def test_environment_reward_can_be_the_text_score(text_env):

@@ -106,19 +106,35 @@ def vader_sentiment(texts: Sequence[str]) -> np.ndarray:
 
 @cache
 def _pattern(kind: str) -> Any:
-    """TextBlob's pattern analyzer or tagger: both ship their lexicons (TextBlob's NLTK parts would need downloads)."""
+    """TextBlob's pattern analyzer, tagger or sentiment lexicon: they ship their data (TextBlob's NLTK parts would
+    need downloads)."""
     try:
+        from textblob.en import sentiment as lexicon
         from textblob.en.sentiments import PatternAnalyzer
         from textblob.en.taggers import PatternTagger
     except ImportError:
         raise ConfigError(f"the judge and descriptiveness oracles need the textblob package; {INSTALL_TEXT}") from None
-    return PatternAnalyzer() if kind == "analyzer" else PatternTagger()
+    return {"analyzer": PatternAnalyzer, "tagger": PatternTagger, "lexicon": lambda: lexicon}[kind]()
 
 
 def textblob_polarity(texts: Sequence[str]) -> np.ndarray:
     """TextBlob's pattern-analyzer polarity in [-1, 1] of each text (the held-out judge)."""
     analyzer = _pattern("analyzer")
     return np.array([analyzer.analyze(t).polarity for t in texts], dtype=np.float64)
+
+
+def subjective_words(texts: Sequence[str]) -> np.ndarray:
+    """Share of a text's words that TextBlob's pattern lexicon rates as subjective (rated adjectives and the
+    intensifiers before them), in [0, 1]; 0 for no words. The held-out judge of the descriptiveness task: a
+    hand-rated lexicon, where the labeler uses a part-of-speech tagger (which also counts "again",
+    and cannot tell a vivid word from a dull one)."""
+    lexicon = _pattern("lexicon")
+    out = []
+    for t in texts:
+        words = [w for w in t.split() if any(c.isalnum() for c in w)]
+        rated = lexicon.assessments([(w, None) for w in words])
+        out.append(sum(len(ws) for ws, _, subjectivity, _ in rated if subjectivity > 0) / len(words) if words else 0.0)
+    return np.array(out, dtype=np.float64)
 
 
 def descriptiveness(texts: Sequence[str]) -> np.ndarray:
@@ -260,6 +276,7 @@ SCORERS: dict[str, Scorer] = {
     "sentiment": vader_sentiment,
     "judge": textblob_polarity,
     "descriptive": descriptiveness,
+    "subjective": subjective_words,
     "summary": summary_labeler,
     "abstractive": abstractive_judge,
     "copy": copy_rate,

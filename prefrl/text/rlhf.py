@@ -91,10 +91,11 @@ class TextOracleConfig:
     """``synthetic`` (``scorer`` answers) or ``human`` (people answer in the web labeler; ``prefrl train
     --oracle human``, or ``--simulate-labeler`` to have ``scorer`` answer through the labeler's HTTP API)."""
     scorer: str = "sentiment"
-    """What the synthetic labeler rewards: ``sentiment`` (VADER), ``descriptive``, ``judge``; for summaries
-    ``summary`` (accuracy and coverage against the article) or ``copy``."""
+    """What the synthetic labeler rewards: ``sentiment`` (VADER), ``descriptive``, ``judge``, ``subjective``;
+    for summaries ``summary`` (accuracy and coverage against the article) or ``copy``."""
     judge: str = "judge"
-    """Held-out judge, never trained on (TextBlob polarity; for summaries ``abstractive``): tells real gains
+    """Held-out judge, never trained on (TextBlob polarity; ``subjective`` for descriptiveness, ``abstractive``
+    for summaries): tells real gains
     from over-optimization."""
     teacher: str = "oracle"
     """B-Pref teacher preset: oracle, stoc, mistake, noisy, skip, myopic, equal."""
