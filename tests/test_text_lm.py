@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -280,3 +283,13 @@ def test_a_frozen_backbone_trains_only_the_heads(rho, pools):
     assert all(torch.equal(p, q) for p, q in zip(model.backbone.parameters(), backbone, strict=True))
     assert not torch.equal(model.heads.weight, heads)
     assert all(torch.equal(p, q) for p, q in zip(rho.parameters(), load_lm("tiny").parameters(), strict=True))
+
+
+def test_importing_prefrl_makes_torch_threads_wait_passively_unless_told_otherwise():
+    show = "import prefrl, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
