@@ -238,7 +238,10 @@ SUMMARIZE_COLUMNS = [
 def summarize_grid(seeds: list[int]) -> list[dict]:
     jobs = []
     for seed in seeds:
-        jobs.append(dict(model="tiny-summarize", method="learned", labels=2000, seed=seed, sets=[]))
+        for labels in (2000, 8000):
+            half = labels // 2
+            sets = [f"labels.offline={half}", f"labels.online={labels - half}"]
+            jobs.append(dict(model="tiny-summarize", method="learned", labels=labels, seed=seed, sets=sets))
         jobs.append(dict(model="tiny-summarize", method="oracle", labels=0, seed=seed, sets=["reward_source='oracle'"]))
     for j in jobs:
         j.update(exp=SUMMARIZE, name=f"summarize-{j['method']}-{j['labels']}-s{j['seed']}")
@@ -296,14 +299,17 @@ def write_summarize(rows: list[dict], runs: Path, out: Path) -> None:
         "the article (1 − Ziegler's novel-trigram fraction), `verbatim` the share of summaries that are one of "
         "the article's sentences word for word; `rho_*` are ρ's. `win_*` is how often π's summary beats ρ's of "
         "the same article (ties ½), `kl` KL(π‖ρ) in nats per summary, `rm_acc_*` how often the reward model "
-        "orders two summaries as the labeler does. 100 PPO steps of 64 summaries, 1,000 labels on ρ's samples "
-        "and 1,000 on π's in 4 rounds, adaptive β; `oracle` runs PPO on the labeler's own score. Means over 64 "
+        "orders two summaries as the labeler does. 100 PPO steps of 64 summaries; half the labels on ρ's samples, "
+        "half on π's in 4 rounds; the reward model's heads read the mean over the summary's tokens "
+        '(`reward.pool = "mean"`), its backbone trains at 5e-4; adaptive β; `oracle` runs PPO on the labeler\'s own '
+        "score. Means over 64 "
         "held-out articles, two summaries each, at the last evaluation.",
         "",
         *markdown_table(SUMMARIZE_COLUMNS, rows),
     ]
     done = {
-        f"{r['method']} reward": runs / f"summarize-{r['method']}-{r['labels']}-s{r['seed']}"
+        ("oracle reward" if r["method"] == "oracle" else f"learned reward, {r['labels']} labels"): runs
+        / f"summarize-{r['method']}-{r['labels']}-s{r['seed']}"
         for r in rows
         if r["seed"] == rows[0]["seed"]
     }

@@ -233,6 +233,29 @@ def test_segments_become_the_prompts_and_responses_they_hold(rho, env, pools):
         model.batch([dataclasses.replace(bad, obs=bad.obs[:, :1])])
 
 
+def test_mean_pool_reads_the_mean_of_the_response_tokens_states(rho, pools):
+    segs = pools["train"][:6]
+    with pytest.raises(ValueError, match="pool must be one of last, mean"):
+        TextRewardModel(rho, pool="max")
+    model = TextRewardModel(rho, heads=2, pool="mean")
+    b = model.batch(segs)
+    with pytest.raises(ValueError, match="needs the response_mask"):
+        model.rewards(b.tokens, b.attention_mask)
+    feats = model.features(b.tokens, b.attention_mask, b.response_mask)  # (6, E), rows left-padded
+    for f, s in zip(feats, segs, strict=True):  # each row alone, unpadded
+        prompt, response = segment_parts(s)
+        ids = torch.tensor([prompt + response])
+        states = model.backbone.hidden_states(ids, torch.ones_like(ids, dtype=torch.bool))[0, len(prompt) :]
+        torch.testing.assert_close(f, states.mean(0), atol=1e-4, rtol=1e-4)
+    # a frozen backbone (features computed once per fit) and the trained one give the same rewards path
+    oracle = TextOracle("sentiment", tokenizer=rho.tokenizer)
+    comparisons = labeled(oracle, pools["train"], 40, 2, seed=0, tag="m")
+    for backbone_lr in (0.0, 1e-4):
+        trainer = TextRewardTrainer(model, backbone_lr=backbone_lr, val_fraction=0.0, seed=0)
+        m = trainer.fit(comparisons, {s.id: s for s in pools["train"]}, epochs=1)
+        assert m["reward/n_train"] == 40 and 0.0 <= m["reward/train_acc"] <= 1.0
+
+
 def test_reward_model_learns_sentiment_from_pairs_and_stays_normalized(rho, pools):
     oracle = TextOracle("sentiment", tokenizer=rho.tokenizer)
     model = TextRewardModel(rho, heads=3, seed=0)

@@ -168,3 +168,12 @@ def test_a_missing_oracle_package_stops_the_run_with_one_line(tmp_path, capsys, 
     assert not (tmp_path / "run" / "labels.sqlite").exists()  # stopped before anything was made
     oracles._vader.cache_clear()
     oracles._pattern.cache_clear()
+
+
+def test_a_run_with_a_mean_pooled_reward_model_scores_responses_with_it(tmp_path):
+    cfg = load_text_config(None, [*TINY, "reward.pool='mean'"])
+    result = train_text(cfg, tmp_path, progress=False)
+    assert result["step"] == 4 and 0.0 <= result["eval/rm_acc_rho"] <= 1.0
+    assert load_text_config(tmp_path / "config.toml").reward.pool == "mean"
+    with pytest.raises(ConfigError, match=r"reward.pool = 'max' must be one of last, mean"):
+        load_text_config(None, ["reward.pool='max'"])

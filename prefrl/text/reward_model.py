@@ -65,6 +65,12 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.where(attention_mask.bool(), ar, -1).max(1).values
 
 
+POOLS = ("last", "mean")
+"""What the heads read: the hidden state at the last real token (Ziegler et al.), or the mean over the
+response's tokens (each token's state can tell whether that token echoes the prompt, which the last one
+alone carries poorly in a small model; the summarize task learns faster with it)."""
+
+
 class TextRewardModel(nn.Module):
     """Backbone (a copy of ρ) + ``heads`` scalar heads on the last real token, normalized on ρ's samples.
 
@@ -72,12 +78,17 @@ class TextRewardModel(nn.Module):
         init: the policy's initial model ρ; the backbone is a trainable copy (ρ itself is not touched).
         heads: ensemble size ``K``.
         seed: initializes the heads.
+        pool: ``last`` (the hidden state at the last real token) or ``mean`` (the mean over the response's
+            tokens: every scoring call then needs the ``response_mask``), see :data:`POOLS`.
     """
 
-    def __init__(self, init: LanguageModel, *, heads: int = 3, seed: int = 0) -> None:
+    def __init__(self, init: LanguageModel, *, heads: int = 3, seed: int = 0, pool: str = "last") -> None:
         super().__init__()
         if heads < 1:
             raise ValueError(f"TextRewardModel: heads must be >= 1, got {heads}")
+        if pool not in POOLS:
+            raise ValueError(f"TextRewardModel: pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        self.pool = pool
         self.backbone = init.clone()
         self.backbone.requires_grad_(True)
         E = self.backbone.hidden_size
@@ -99,13 +110,22 @@ class TextRewardModel(nn.Module):
         return self.backbone.tokenizer
 
     # -- scoring ------------------------------------------------------------------------------
-    def features(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``(B, E)`` backbone hidden state at each row's last real token."""
+    def features(
+        self, tokens: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(B, E)`` backbone hidden state at each row's last real token, or (``pool="mean"``) its mean over
+        the tokens of ``response_mask`` (``(B, S)`` bool, required then)."""
+        if self.pool == "mean" and response_mask is None:
+            raise ValueError("a reward model with pool='mean' needs the response_mask of what it scores")
         mask = attention_mask.bool()
         real = mask.any(0).nonzero()  # columns where some row has a real token
         lo, hi = int(real.min()), int(real.max()) + 1
         tokens, mask = tokens[:, lo:hi], mask[:, lo:hi]  # (B, S') padding columns dropped: positions are unchanged
         hidden = self.backbone.hidden_states(tokens, mask)  # (B, S', E)
+        if self.pool == "mean":
+            assert response_mask is not None
+            w = (response_mask[:, lo:hi].bool() & mask).to(hidden.dtype)  # (B, S')
+            return (hidden * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1.0)  # (B, E)
         last = last_token_index(mask)  # (B,)
         return hidden[torch.arange(len(last), device=hidden.device), last]  # (B, E)
 
@@ -114,24 +134,39 @@ class TextRewardModel(nn.Module):
         raw = self.heads(features).T  # (K, B)
         return self.gain[:, None] * raw + self.bias[:, None]
 
-    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``(B, S)`` tokens and mask -> ``(K, B)`` normalized reward of every head."""
-        return self.head_rewards(self.features(tokens, attention_mask))
+    def forward(
+        self, tokens: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(B, S)`` tokens and masks -> ``(K, B)`` normalized reward of every head."""
+        return self.head_rewards(self.features(tokens, attention_mask, response_mask))
 
     @torch.no_grad()
-    def rewards(self, tokens: torch.Tensor, attention_mask: torch.Tensor, *, chunk: int = 64) -> torch.Tensor:
+    def rewards(
+        self,
+        tokens: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_mask: torch.Tensor | None = None,
+        *,
+        chunk: int = 64,
+    ) -> torch.Tensor:
         """``(K, B)`` normalized rewards, in eval mode, without grad, ``chunk`` rows at a time."""
         was = self.training
         self.eval()
+        resp = (lambda s: None) if response_mask is None else (lambda s: response_mask[s : s + chunk])
         try:
-            parts = [self(tokens[s : s + chunk], attention_mask[s : s + chunk]) for s in range(0, len(tokens), chunk)]
+            parts = [
+                self(tokens[s : s + chunk], attention_mask[s : s + chunk], resp(s))
+                for s in range(0, len(tokens), chunk)
+            ]
         finally:
             self.train(was)
         return torch.cat(parts, 1)
 
-    def predict(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(
+        self, tokens: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B,)`` mean over heads and ``(B,)`` standard deviation across heads (the disagreement)."""
-        r = self.rewards(tokens, attention_mask)  # (K, B)
+        r = self.rewards(tokens, attention_mask, response_mask)  # (K, B)
         std = r.std(0, unbiased=False) if self.members > 1 else torch.zeros_like(r[0])
         return r.mean(0), std
 
@@ -144,7 +179,7 @@ class TextRewardModel(nn.Module):
         if not segments:
             return np.zeros((self.members, 0), dtype=np.float32)
         b = self.batch(segments)
-        return self.rewards(b.tokens, b.attention_mask).numpy()
+        return self.rewards(b.tokens, b.attention_mask, b.response_mask).numpy()
 
     # -- normalization ------------------------------------------------------------------------
     @torch.no_grad()
@@ -166,7 +201,7 @@ class TextRewardModel(nn.Module):
             raise ValueError(f"normalize: need at least 2 samples of ρ, got {len(rollout)}")
         self.gain.fill_(1.0)
         self.bias.zero_()
-        raw = self.rewards(rollout.tokens, rollout.attention_mask)  # (K, B) with identity gain and bias
+        raw = self.rewards(rollout.tokens, rollout.attention_mask, rollout.response_mask)  # (K, B) identity gain/bias
         mean, std = raw.mean(1), raw.std(1).clamp_min(1e-6)  # (K,)
         self.gain.copy_(1.0 / std)
         self.bias.copy_(-mean / std)
@@ -279,15 +314,15 @@ class TextRewardTrainer:
     def _frozen_features(self, batch: Rollout, chunk: int = 64) -> torch.Tensor:
         m = self.model
         m.eval()
-        parts = [m.features(batch.tokens[s : s + chunk], batch.attention_mask[s : s + chunk])
-                 for s in range(0, len(batch), chunk)]  # fmt: skip
+        parts = [m.features(batch.tokens[s : s + chunk], batch.attention_mask[s : s + chunk],
+                            batch.response_mask[s : s + chunk]) for s in range(0, len(batch), chunk)]  # fmt: skip
         return torch.cat(parts)  # (S, E)
 
     def _rewards(self, batch: Rollout, feats: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
         """``(K, len(rows))`` rewards of the given segment rows (with grad)."""
         if feats is not None:
             return self.model.head_rewards(feats[rows])
-        return self.model(batch.tokens[rows], batch.attention_mask[rows])
+        return self.model(batch.tokens[rows], batch.attention_mask[rows], batch.response_mask[rows])
 
     def _group_rewards(self, batch: Rollout, feats: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
         """``(b, k)`` segment rows -> ``(K, b, k)`` rewards; each distinct segment is scored once."""
@@ -335,7 +370,11 @@ class TextRewardTrainer:
         if not groups:
             return math.nan, math.nan
         # (K, S) every segment once
-        r = m.head_rewards(feats) if feats is not None else m.rewards(batch.tokens, batch.attention_mask)
+        r = (
+            m.head_rewards(feats)
+            if feats is not None
+            else m.rewards(batch.tokens, batch.attention_mask, batch.response_mask)
+        )
         loss_sum, n, hits, strict_n = 0.0, 0, 0.0, 0
         for g in groups:
             R = r[:, g.idx]  # (K, n, k)

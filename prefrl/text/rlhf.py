@@ -64,7 +64,7 @@ from prefrl.text.oracles import (
     verbatim,
 )
 from prefrl.text.ppo import PPOConfig, TextPPO
-from prefrl.text.reward_model import TextRewardModel, TextRewardTrainer
+from prefrl.text.reward_model import POOLS, TextRewardModel, TextRewardTrainer
 
 ENV_ID = "prefrl/TextContinuation-v0"
 
@@ -124,6 +124,9 @@ class TextRewardConfig:
     l2: float = 1e-3
     norm_samples: int = 256
     """ρ's samples the reward is normalized on (mean 0, std 1), before and after each fit."""
+    pool: str = "last"
+    """What the heads read: ``last`` (the hidden state at the last token, as Ziegler et al.) or ``mean`` (the
+    mean over the response's tokens: learns relations between response and prompt, as in summaries, faster)."""
 
 
 @dataclass
@@ -221,6 +224,7 @@ def check_text_config(cfg: TextConfig) -> None:
     need(cfg.reward.heads >= 1, "reward.heads", "must be >= 1")
     need(cfg.reward.epochs >= 1, "reward.epochs", "must be >= 1")
     need(cfg.reward.norm_samples >= 2, "reward.norm_samples", "must be >= 2")
+    need(cfg.reward.pool in POOLS, "reward.pool", f"must be one of {', '.join(POOLS)}")
     cfg.ppo.validate()
 
 
@@ -355,7 +359,9 @@ class TextRun:
         self.reward_model: TextRewardModel | None = None
         self.trainer: TextRewardTrainer | None = None
         if cfg.reward_source == "learned":
-            self.reward_model = TextRewardModel(self.policy, heads=cfg.reward.heads, seed=cfg.seed)
+            self.reward_model = TextRewardModel(
+                self.policy, heads=cfg.reward.heads, seed=cfg.seed, pool=cfg.reward.pool
+            )
             r = cfg.reward
             self.trainer = TextRewardTrainer(
                 self.reward_model, lr=r.lr, backbone_lr=r.backbone_lr, batch_size=r.batch_size,
@@ -373,7 +379,7 @@ class TextRun:
     # -- rewards ----------------------------------------------------------------------------------
     def _learned_reward(self, rollout: Rollout) -> torch.Tensor:
         assert self.reward_model is not None
-        return self.reward_model.predict(rollout.tokens, rollout.attention_mask)[0]
+        return self.reward_model.predict(rollout.tokens, rollout.attention_mask, rollout.response_mask)[0]
 
     def _oracle_reward(self, rollout: Rollout) -> torch.Tensor:
         scores = score_texts(self.score, self.responses.texts(rollout), self.responses.prompt_texts(rollout))
