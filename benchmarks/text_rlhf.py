@@ -10,7 +10,7 @@ from their checkpoints.
 Writes ``benchmarks/results/text_rlhf.{csv,md}`` and ``text_rlhf_overopt.png``, ``text_rlhf_budgets.png``.
 
 The summarize task (Ziegler et al.'s "labelers reward copying" finding in miniature, tiny GPT pretrained to
-summarize, 2,000 labels, and PPO on the labeler's own score as the upper line) writes its own table,
+summarize, 2,000 and 8,000 labels, and PPO on the labeler's own score as the upper line) writes its own table,
 ``benchmarks/results/text_summarize.{csv,md}``, with copy rates of ρ and π.
 
     python benchmarks/text_rlhf.py                   # everything (about an hour on 2 cores)
@@ -176,17 +176,17 @@ def plots(rows: list[dict], runs: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def mean_over_seeds(rows: list[dict]) -> list[dict]:
-    """One row per setting (``KEY``): the number of seeds and each ``MEANS`` column as mean ± std over seeds."""
+def mean_over_seeds(rows: list[dict], key: list[str] = KEY, means: list[str] = MEANS) -> list[dict]:
+    """One row per setting (``key``): the number of seeds and each ``means`` column as mean ± std over seeds."""
     import numpy as np
 
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault(tuple(r[k] for k in KEY), []).append(r)
+        groups.setdefault(tuple(r[k] for k in key), []).append(r)
     out = []
-    for key, members in groups.items():
-        row = dict(zip(KEY, key, strict=True), seeds=len(members))
-        for c in MEANS:
+    for values, members in groups.items():
+        row = dict(zip(key, values, strict=True), seeds=len(members))
+        for c in means:
             xs = [float(m[c]) for m in members if m[c] != ""]
             fmt = "{:.0f}" if c == "wall_s" else "{:.3f}"
             row[c] = "" if not xs else fmt.format(np.mean(xs)) + (f" ± {fmt.format(np.std(xs))}" if len(xs) > 1 else "")
@@ -232,7 +232,10 @@ def write_md(rows: list[dict], out: Path) -> None:
 SUMMARIZE_COLUMNS = [
     "model", "method", "labels", "seed", "steps", "score", "rho_score", "judge", "rho_judge", "copy", "rho_copy",
     "verbatim", "rho_verbatim", "win_score", "win_judge", "kl", "rm_acc_rho", "rm_acc_pi", "wall_s", "peak_mb",
+    "commit",
 ]  # fmt: skip
+SUMMARIZE_KEY = ["model", "method", "labels"]
+SUMMARIZE_MEANS = ["score", "judge", "copy", "verbatim", "win_score", "win_judge", "kl", "rm_acc_rho", "rm_acc_pi"]
 
 
 def summarize_grid(seeds: list[int]) -> list[dict]:
@@ -255,7 +258,8 @@ def summarize_row(job: dict, runs: Path) -> dict:
     extra = json.loads((path / "bench.json").read_text()) if (path / "bench.json").exists() else {}
     row = {k: job[k] for k in ("model", "method", "labels", "seed")}
     row.update(steps=result["step"], wall_s=result["wall_s"], peak_mb=extra.get("peak_mb", ""))
-    for k in SUMMARIZE_COLUMNS[5:-2]:
+    row["commit"] = extra.get("commit", "")
+    for k in SUMMARIZE_COLUMNS[5:-3]:
         v = result.get(f"eval/{k}")
         row[k] = "" if v is None else round(float(v), 4)
     return row
@@ -304,6 +308,15 @@ def write_summarize(rows: list[dict], runs: Path, out: Path) -> None:
         '(`reward.pool = "mean"`), its backbone trains at 5e-4; adaptive β; `oracle` runs PPO on the labeler\'s own '
         "score. Means over 64 "
         "held-out articles, two summaries each, at the last evaluation.",
+        "",
+        "",
+        "## Mean ± std over seeds",
+        "",
+        *markdown_table(
+            [*SUMMARIZE_KEY, "seeds", *SUMMARIZE_MEANS], mean_over_seeds(rows, SUMMARIZE_KEY, SUMMARIZE_MEANS)
+        ),
+        "",
+        "## Every run",
         "",
         *markdown_table(SUMMARIZE_COLUMNS, rows),
     ]
