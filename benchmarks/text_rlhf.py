@@ -71,9 +71,12 @@ def grid(only: str, seeds: list[int]) -> list[dict]:
                              seed=seed, exp=DESCRIPTIVE, sets=[]))  # fmt: skip
             jobs.append(dict(task="descriptive", model="tiny", method="oracle", labels=0, beta="adaptive", seed=seed,
                              exp=DESCRIPTIVE, sets=["reward_source='oracle'"]))  # fmt: skip
-    if only in ("all", "smollm2"):
+    if only in ("all", "smollm2"):  # the experiment's budget, and twice the labels with a longer, faster PPO
         jobs.append(dict(task="sentiment", model="smollm2", method="learned", labels=250, beta="adaptive",
                          seed=seeds[0], exp=SMOL, sets=[]))  # fmt: skip
+        jobs.append(dict(task="sentiment", model="smollm2", method="learned", labels=500, beta="adaptive",
+                         seed=seeds[0], exp=SMOL,
+                         sets=["labels.offline=500", "ppo_steps=40", "ppo.lr=3e-5"]))  # fmt: skip
     for j in jobs:
         prefix = "" if j["task"] == "sentiment" else f"{j['task']}-"
         j["name"] = f"{prefix}{j['model']}-{j['method']}-{j['labels']}-b{j['beta']}-s{j['seed']}"
@@ -208,7 +211,8 @@ def write_md(rows: list[dict], out: Path) -> None:
         "GPT: 100 PPO steps of 64 responses, half the labels offline (ρ's samples), half online in 4 rounds "
         "(π's samples), adaptive β (from 0.1 towards 5 nats, horizon 1,000 responses) unless a fixed β is given. "
         "SmolLM2-135M: reduced budget (250 offline labels, frozen reward backbone, 20 PPO steps of 16 responses "
-        "of up to 16 tokens). `oracle` runs PPO on the labeler's own score (the upper line). All scores are "
+        "of up to 16 tokens at learning rate 1e-5; the 500-label row: 40 PPO steps at 3e-5). `oracle` runs PPO "
+        "on the labeler's own score (the upper line). All scores are "
         "means over the held-out prompts at the last evaluation; `win_judge` is how often π's response beats "
         "ρ's to the same prompt by the judge (ties ½); `rm_acc_*` is how often the reward model orders two "
         "responses to one prompt as the oracle does, on ρ's samples and on π's; `win_judge_kl6` is the win "
