@@ -1,7 +1,7 @@
 """Text RLHF: how well preference learning finetunes a language model, and where it over-optimizes.
 
 For the tiny GPT (the full grid) and SmolLM2-135M (a reduced budget, stated in the table), on the sentiment
-task: label budgets 250 / 500 / 1,000 / 2,000 (half offline on ρ's samples, half online on π's), PPO on
+task: label budgets 250 / 500 / 1,000 / 2,000 / 4,000 (half offline on ρ's samples, half online on π's), PPO on
 the oracle's own score as the upper line, and a sweep of fixed KL coefficients β for the over-optimization
 curve; on the descriptive task, 2,000 labels beside the oracle line. Each run is an ordinary ``prefrl train``
 run in its own process (so its peak memory is its own); finished runs are skipped, interrupted ones resume
@@ -55,7 +55,7 @@ def grid(only: str, seeds: list[int]) -> list[dict]:
     jobs: list[dict] = []
     if only in ("all", "tiny"):
         for seed in seeds:
-            for labels in (2000, 1000, 500, 250):
+            for labels in (4000, 2000, 1000, 500, 250):
                 half = labels // 2
                 sets = [f"labels.offline={half}", f"labels.online={labels - half}"]
                 jobs.append(dict(task="sentiment", model="tiny", method="learned", labels=labels, beta="adaptive",
