@@ -241,6 +241,8 @@ def test_mean_pool_reads_the_mean_of_the_response_tokens_states(rho, pools):
     b = model.batch(segs)
     with pytest.raises(ValueError, match="needs the response_mask"):
         model.rewards(b.tokens, b.attention_mask)
+    with pytest.raises(ValueError, match="needs a Rollout"):
+        model.normalize(b.tokens, b.attention_mask)
     feats = model.features(b.tokens, b.attention_mask, b.response_mask)  # (6, E), rows left-padded
     for f, s in zip(feats, segs, strict=True):  # each row alone, unpadded
         prompt, response = segment_parts(s)

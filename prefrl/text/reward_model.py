@@ -152,10 +152,13 @@ class TextRewardModel(nn.Module):
         """``(K, B)`` normalized rewards, in eval mode, without grad, ``chunk`` rows at a time."""
         was = self.training
         self.eval()
-        resp = (lambda s: None) if response_mask is None else (lambda s: response_mask[s : s + chunk])
         try:
             parts = [
-                self(tokens[s : s + chunk], attention_mask[s : s + chunk], resp(s))
+                self(
+                    tokens[s : s + chunk],
+                    attention_mask[s : s + chunk],
+                    None if response_mask is None else response_mask[s : s + chunk],
+                )
                 for s in range(0, len(tokens), chunk)
             ]
         finally:
@@ -194,6 +197,8 @@ class TextRewardModel(nn.Module):
         else:
             if attention_mask is None:
                 raise ValueError("normalize: pass the attention_mask with a token tensor (or pass a Rollout)")
+            if self.pool == "mean":  # a bare tensor does not say where the responses are
+                raise ValueError("normalize: a reward model with pool='mean' needs a Rollout (its response_mask)")
             rollout = Rollout(
                 batch, attention_mask.bool(), attention_mask.bool(), 0, torch.zeros(len(batch), dtype=torch.bool)
             )

@@ -95,8 +95,7 @@ class TextOracleConfig:
     for summaries ``summary`` (accuracy and coverage against the article) or ``copy``."""
     judge: str = "judge"
     """Held-out judge, never trained on (TextBlob polarity; ``subjective`` for descriptiveness, ``abstractive``
-    for summaries): tells real gains
-    from over-optimization."""
+    for summaries): tells real gains from over-optimization."""
     teacher: str = "oracle"
     """B-Pref teacher preset: oracle, stoc, mistake, noisy, skip, myopic, equal."""
     beta: float = math.inf
