@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sqlite3
 import sys
 
@@ -13,7 +14,7 @@ import pytest
 from prefrl.cli import main
 from prefrl.config import ConfigError
 from prefrl.data import Comparison, ComparisonStore
-from prefrl.text.rlhf import _pair_accuracy, load_text_config, train_text
+from prefrl.text.rlhf import TextRun, _pair_accuracy, load_text_config, train_text
 
 TINY = [
     "ppo_steps=4",
@@ -87,6 +88,16 @@ def test_oracle_reward_baseline_needs_no_labels_and_raises_the_score(tmp_path):
     assert not any(k.startswith("eval/rm_") for k in result)
 
 
+def test_the_reward_holds_out_the_configured_share_of_labels(tmp_path):
+    run = TextRun(load_text_config(None, [*TINY, "reward.val_fraction=0.0"]), tmp_path)
+    run.ask(run.policy, 24)
+    metrics = run.fit()
+    assert metrics["reward/n_train"] == 24 and metrics["reward/n_val"] == 0  # every label trains the reward
+    run = TextRun(load_text_config(None, [*TINY, "reward.val_fraction=0.5"]), tmp_path / "half")
+    run.ask(run.policy, 24)
+    assert 6 <= run.fit()["reward/n_val"] <= 18
+
+
 def test_pair_accuracy_counts_orderings_and_leaves_out_true_ties():
     true = np.array([[1.0, 0.0, 2.0, 5.0], [0.0, 1.0, 2.0, 4.0]])
     pred = np.array([[0.3, 0.9, 0.0, 0.0], [0.1, 0.2, 1.0, 1.0]])
@@ -101,10 +112,11 @@ def test_pair_accuracy_counts_orderings_and_leaves_out_true_ties():
         ("labels.sampler='best'", "must be uniform, disagreement or entropy"),
         ("ppo.minibatches=5", "must divide batch_size"),
         ("labels.ofline=3", "did you mean 'labels.offline'"),
+        ("reward.val_fraction=1.0", "reward.val_fraction = 1.0 must be in [0, 1)"),
     ],
 )
 def test_bad_text_configs_say_what_is_wrong(override, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_text_config(None, [override])
 
 

@@ -121,6 +121,9 @@ class TextRewardConfig:
     epsilon: float = 0.1
     """The loss's ε-mixture for label noise."""
     l2: float = 1e-3
+    val_fraction: float = 1 / math.e
+    """Share of the comparisons held out of training to measure ``reward/val_acc`` (the core's 1/e by default;
+    every held-out label is one the reward model does not learn from, so a small budget wants a small share)."""
     norm_samples: int = 256
     """ρ's samples the reward is normalized on (mean 0, std 1), before and after each fit."""
     pool: str = "last"
@@ -222,6 +225,7 @@ def check_text_config(cfg: TextConfig) -> None:
         need(name in SCORERS, key, f"is not a text scorer; use one of {', '.join(SCORERS)}")
     need(cfg.reward.heads >= 1, "reward.heads", "must be >= 1")
     need(cfg.reward.epochs >= 1, "reward.epochs", "must be >= 1")
+    need(0.0 <= cfg.reward.val_fraction < 1.0, "reward.val_fraction", "must be in [0, 1)")
     need(cfg.reward.norm_samples >= 2, "reward.norm_samples", "must be >= 2")
     need(cfg.reward.pool in POOLS, "reward.pool", f"must be one of {', '.join(POOLS)}")
     cfg.ppo.validate()
@@ -364,7 +368,7 @@ class TextRun:
             r = cfg.reward
             self.trainer = TextRewardTrainer(
                 self.reward_model, lr=r.lr, backbone_lr=r.backbone_lr, batch_size=r.batch_size,
-                epsilon=r.epsilon, l2=r.l2, seed=cfg.seed,
+                epsilon=r.epsilon, l2=r.l2, val_fraction=r.val_fraction, seed=cfg.seed,
             )  # fmt: skip
             reward_fn = self._learned_reward
         else:
