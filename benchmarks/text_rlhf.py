@@ -62,7 +62,7 @@ def grid(only: str, seeds: list[int]) -> list[dict]:
                                  seed=seed, exp=TINY, sets=sets))  # fmt: skip
             jobs.append(dict(task="sentiment", model="tiny", method="oracle", labels=0, beta="adaptive", seed=seed,
                              exp=TINY, sets=["reward_source='oracle'"]))  # fmt: skip
-        for beta in (0.01, 0.03, 0.1, 0.3):  # the over-optimization sweep: fixed β, 2,000 labels
+        for beta in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3):  # the over-optimization sweep: fixed β, 2,000 labels
             jobs.append(dict(task="sentiment", model="tiny", method="learned", labels=2000, beta=beta, seed=seeds[0],
                              exp=TINY, sets=["ppo.adaptive_kl=false", f"ppo.init_kl_coef={beta}"]))  # fmt: skip
     if only in ("all", "tiny", "descriptive"):
@@ -144,12 +144,17 @@ def plots(rows: list[dict], runs: Path, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     sentiment = [r for r in rows if r["task"] == "sentiment" and r["model"] == "tiny"]
     sweep = [r for r in sentiment if r["beta"] != "adaptive"]
-    for r in sorted(sweep, key=lambda r: float(r["beta"])):
+    betas = sorted({float(r["beta"]) for r in sweep})
+    seeds = sorted({int(r["seed"]) for r in sweep})
+    for r in sorted(sweep, key=lambda r: (float(r["beta"]), int(r["seed"]))):
         name = f"tiny-learned-2000-b{r['beta']}-s{r['seed']}"
         t = trajectories(runs / name)
         kl = [float(x["eval/kl"]) for x in t]
-        axes[0].plot(kl, [float(x["eval/judge"]) for x in t], marker="o", ms=3, label=f"judge, β={r['beta']}")
-        axes[1].plot(kl, [float(x["eval/reward_model"]) for x in t], marker="o", ms=3, label=f"RM, β={r['beta']}")
+        colour = plt.cm.viridis(betas.index(float(r["beta"])) / max(len(betas) - 1, 1))  # one per β
+        line = ("-", "--", ":")[seeds.index(int(r["seed"])) % 3]  # one per seed
+        style = dict(marker="o", ms=3, color=colour, ls=line, label=f"β={r['beta']}, seed {r['seed']}")
+        axes[0].plot(kl, [float(x["eval/judge"]) for x in t], **style)
+        axes[1].plot(kl, [float(x["eval/reward_model"]) for x in t], **style)
     axes[0].set(xlabel="KL(π‖ρ), nats per response", ylabel="held-out judge (TextBlob polarity)",
                 title="held-out judge vs KL")  # fmt: skip
     axes[1].set(xlabel="KL(π‖ρ), nats per response", ylabel="reward model (normalized on ρ)",
