@@ -141,7 +141,7 @@ def plots(rows: list[dict], runs: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     sentiment = [r for r in rows if r["task"] == "sentiment" and r["model"] == "tiny"]
     sweep = [r for r in sentiment if r["beta"] != "adaptive"]
     betas = sorted({float(r["beta"]) for r in sweep})
@@ -155,10 +155,13 @@ def plots(rows: list[dict], runs: Path, out: Path) -> None:
         style = dict(marker="o", ms=3, color=colour, ls=line, label=f"β={r['beta']}, seed {r['seed']}")
         axes[0].plot(kl, [float(x["eval/judge"]) for x in t], **style)
         axes[1].plot(kl, [float(x["eval/reward_model"]) for x in t], **style)
+        axes[2].plot(kl, [float(x["eval/rm_acc_pi"]) for x in t], **style)
     axes[0].set(xlabel="KL(π‖ρ), nats per response", ylabel="held-out judge (TextBlob polarity)",
                 title="held-out judge vs KL")  # fmt: skip
     axes[1].set(xlabel="KL(π‖ρ), nats per response", ylabel="reward model (normalized on ρ)",
                 title="reward model vs KL")  # fmt: skip
+    axes[2].set(xlabel="KL(π‖ρ), nats per response", ylabel="pairs of π's responses ordered as the oracle",
+                title="reward model's accuracy on π's samples vs KL")  # fmt: skip
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -214,7 +217,9 @@ def write_md(rows: list[dict], out: Path) -> None:
         "(`experiments/text_descriptive_tiny.toml`, 60 PPO steps): the labeler prefers the response denser in "
         "adjectives and adverbs (TextBlob's tagger); the held-out judge is TextBlob's lexicon subjectivity. Tiny "
         "GPT: 100 PPO steps of 64 responses, half the labels offline (ρ's samples), half online in 4 rounds "
-        "(π's samples), adaptive β (from 0.1 towards 5 nats, horizon 1,000 responses) unless a fixed β is given. "
+        "(π's samples), adaptive β (from 0.1 towards 5 nats, horizon 1,000 responses) unless a fixed β is given; "
+        "on sentiment the reward model's backbone trains at 1e-3 with 10 % of the labels held out "
+        "(`experiments/text_sentiment_tiny.toml`), on descriptive at the defaults (1e-4, 1/e held out). "
         "SmolLM2-135M: reduced budget (250 offline labels, frozen reward backbone, 20 PPO steps of 16 responses "
         "of up to 16 tokens at learning rate 1e-5; the 500-label row: 40 PPO steps at 3e-5). `oracle` runs PPO "
         "on the labeler's own score (the upper line). All scores are "
