@@ -51,7 +51,8 @@ def markdown_table(columns: list[str], rows: list[dict]) -> list[str]:
     return head + ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
 
 
-def grid(only: str, seeds: list[int]) -> list[dict]:
+def grid(only: str, seeds: list[int], sweep_seeds: list[int] | None = None) -> list[dict]:
+    """The runs of ``only`` for ``seeds``; the fixed-β sweep runs on ``sweep_seeds`` (default: the first seed)."""
     jobs: list[dict] = []
     if only in ("all", "tiny"):
         for seed in seeds:
@@ -62,9 +63,10 @@ def grid(only: str, seeds: list[int]) -> list[dict]:
                                  seed=seed, exp=TINY, sets=sets))  # fmt: skip
             jobs.append(dict(task="sentiment", model="tiny", method="oracle", labels=0, beta="adaptive", seed=seed,
                              exp=TINY, sets=["reward_source='oracle'"]))  # fmt: skip
-        for beta in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3):  # the over-optimization sweep: fixed β, 2,000 labels
-            jobs.append(dict(task="sentiment", model="tiny", method="learned", labels=2000, beta=beta, seed=seeds[0],
-                             exp=TINY, sets=["ppo.adaptive_kl=false", f"ppo.init_kl_coef={beta}"]))  # fmt: skip
+        for seed in sweep_seeds or seeds[:1]:
+            for beta in (0.001, 0.003, 0.01, 0.03, 0.1, 0.3):  # the over-optimization sweep: fixed β, 2,000 labels
+                jobs.append(dict(task="sentiment", model="tiny", method="learned", labels=2000, beta=beta, seed=seed,
+                                 exp=TINY, sets=["ppo.adaptive_kl=false", f"ppo.init_kl_coef={beta}"]))  # fmt: skip
     if only in ("all", "tiny", "descriptive"):
         for seed in seeds:
             jobs.append(dict(task="descriptive", model="tiny", method="learned", labels=2000, beta="adaptive",
@@ -374,7 +376,7 @@ def main() -> None:
         print(f"text_rlhf: {job['name']}: {run(job, args.runs)}", flush=True)
     # the tables hold every finished run of the whole grid, for the seeds asked and those run before
     found = {int(d.name.rsplit("-s", 1)[1]) for d in args.runs.glob("*-s*") if d.name.rsplit("-s", 1)[1].isdigit()}
-    jobs = grid("all", sorted(set(args.seeds) | found))
+    jobs = grid("all", sorted(set(args.seeds) | found), sweep_seeds=sorted(set(args.seeds) | found))
     rows = [run(job, args.runs) for job in jobs if (args.runs / job["name"] / "final.json").exists()]
     with args.out.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
