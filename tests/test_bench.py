@@ -199,7 +199,7 @@ def test_grid_file_mistakes_are_refused_in_one_line(tmp_path, capsys, text, mess
     assert not (tmp_path / "out").exists()
 
 
-def test_mujoco_experiments_build_with_the_tuned_ppo():
+def test_mujoco_experiments_build_with_the_ppo_papers_settings():
     for name in MUJOCO:
         cfg = load_config(ROOT / "experiments" / f"{name}.toml")
         loop.check_config(cfg)
@@ -207,8 +207,10 @@ def test_mujoco_experiments_build_with_the_tuned_ppo():
         assert cfg.reward.members == 3 and cfg.reward.hidden == [64, 64] and cfg.labels.sampler == "disagreement"
     cfg = load_config(ROOT / "experiments" / "hopper.toml")
     agent = make_agent(cfg.agent, make_vec_env(cfg.env, seed=0), seed=0)
-    assert agent.get_vec_normalize_env() is not None and agent.gamma == 0.999
-    assert isinstance(agent.policy.mlp_extractor.policy_net[1], torch.nn.ReLU)
+    norm = agent.get_vec_normalize_env()
+    assert norm is not None and norm.gamma == agent.gamma == 0.99  # returns normalized with the agent's own γ
+    assert (agent.n_steps, agent.batch_size, agent.n_epochs, agent.gae_lambda) == (2048, 64, 10, 0.95)
+    assert isinstance(agent.policy.mlp_extractor.policy_net[1], torch.nn.Tanh)  # SB3's default 64×64 tanh nets
     assert loop.default_segment_length(cfg.env) == 188  # ~1.5 s at dt = 0.008
 
 
