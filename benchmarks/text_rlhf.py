@@ -245,11 +245,11 @@ def write_md(rows: list[dict], out: Path) -> None:
 
 
 # -- the summarize task ------------------------------------------------------------------------
-SUMMARIZE_COLUMNS = [
-    "model", "method", "labels", "seed", "steps", "score", "rho_score", "judge", "rho_judge", "copy", "rho_copy",
-    "verbatim", "rho_verbatim", "win_score", "win_judge", "kl", "rm_acc_rho", "rm_acc_pi", "wall_s", "peak_mb",
-    "commit",
+SUMMARIZE_EVAL = [  # read from the run's last evaluation (``eval/<name>`` in final.json)
+    "score", "rho_score", "judge", "rho_judge", "copy", "rho_copy", "verbatim", "rho_verbatim", "win_score",
+    "win_judge", "kl", "rm_acc_rho", "rm_acc_pi",
 ]  # fmt: skip
+SUMMARIZE_COLUMNS = ["model", "method", "labels", "seed", "steps", *SUMMARIZE_EVAL, "wall_s", "peak_mb", "commit"]
 SUMMARIZE_KEY = ["model", "method", "labels"]
 SUMMARIZE_MEANS = ["score", "judge", "copy", "verbatim", "win_score", "win_judge", "kl", "rm_acc_rho", "rm_acc_pi"]
 
@@ -275,7 +275,7 @@ def summarize_row(job: dict, runs: Path) -> dict:
     row = {k: job[k] for k in ("model", "method", "labels", "seed")}
     row.update(steps=result["step"], wall_s=result["wall_s"], peak_mb=extra.get("peak_mb", ""))
     row["commit"] = extra.get("commit", "")
-    for k in SUMMARIZE_COLUMNS[5:-3]:
+    for k in SUMMARIZE_EVAL:
         v = result.get(f"eval/{k}")
         row[k] = "" if v is None else round(float(v), 4)
     return row
@@ -376,7 +376,8 @@ def main() -> None:
         print(f"text_rlhf: {job['name']}: {run(job, args.runs)}", flush=True)
     # the tables hold every finished run of the whole grid, for the seeds asked and those run before
     found = {int(d.name.rsplit("-s", 1)[1]) for d in args.runs.glob("*-s*") if d.name.rsplit("-s", 1)[1].isdigit()}
-    jobs = grid("all", sorted(set(args.seeds) | found), sweep_seeds=sorted(set(args.seeds) | found))
+    every = sorted(set(args.seeds) | found)
+    jobs = grid("all", every, sweep_seeds=every)
     rows = [run(job, args.runs) for job in jobs if (args.runs / job["name"] / "final.json").exists()]
     with args.out.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
