@@ -11,7 +11,7 @@ name = "example"                      # results in benchmarks/results/example/, 
 seeds = [0, 1, 2]
 labels = [350, 700]                   # one prefrl method per budget ...
 samplers = ["disagreement"]           # ... and per sampler
-true_reward = true                    # and PPO on the environment's own reward beside them
+true_reward = true                    # and the same agent on the environment's own reward beside them
 timesteps = 1_000_000                 # every run's total_timesteps (0 or absent: each experiment's own)
 eval_every = 100_000                  # evaluation points (default: a tenth of the run)
 eval_episodes = 10
@@ -96,7 +96,7 @@ class Job:
     """The experiment's name in the grid (a panel of the plots)."""
     env: str
     method: str
-    """``true`` (PPO on the env's reward) or ``prefrl`` (learned from synthetic preferences)."""
+    """``true`` (the agent on the env's reward) or ``prefrl`` (learned from synthetic preferences)."""
     labels: int
     """Label budget; 0 for ``true``."""
     sampler: str
@@ -596,9 +596,11 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
         f"Runs finished: {finished} of {len(grid.jobs)}"
         + (" (the grid is not done; running the same command again resumes it)." if finished < len(grid.jobs) else "."),
         "",
-        "Final true return: mean of the last evaluation's deterministic episodes per seed; mean ± std over seeds.",
-        "Ratio: mean final return / mean final return of PPO on the true reward, same seeds and steps (shown when",
-        "that baseline is positive). Normalized: (return − random policy) / (true-reward PPO − random policy).",
+        "Final true return: mean of the last evaluation's episodes per seed (the policy acts as the runs'",
+        "`eval_policy` says: by default deterministically, and sampling on Atari); mean ± std over seeds.",
+        "Ratio: mean final return / mean final return of the same agent on the true reward, same seeds and steps",
+        "(shown when that baseline is positive). Normalized: (return − random policy) / (true-reward agent − random",
+        "policy).",
         "",
         "| experiment | env | method | labels | sampler | seeds | steps | final true return | ratio | normalized "
         "| mean wall s |",
@@ -609,7 +611,7 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
         env = next(j.env for j in grid.jobs if j.group == g)
         mine = final.get(g, {})
         if not mine:
-            lines.append(f"| {exp} | {env} | {_method(method)} | {labels or '—'} | {sampler or '—'} | 0/{n_seeds[g]} "
+            lines.append(f"| {exp} | {env} | {_method(grid, g)} | {labels or '—'} | {sampler or '—'} | 0/{n_seeds[g]} "
                          "| — | — | — | — | — |")  # fmt: skip
             continue
         vals = [v for _, v in mine.values()]
@@ -625,7 +627,7 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
         wall_by_seed = {r["seed"]: r["wall_s"] for r in rows if _group(r) == g and r["seed"] in mine}  # the last
         wall = f"{np.mean(list(wall_by_seed.values())):.0f}"
         lines.append(
-            f"| {exp} | {env} | {_method(method)} | {labels or '—'} | {sampler or '—'} | {len(mine)}/{n_seeds[g]} | "
+            f"| {exp} | {env} | {_method(grid, g)} | {labels or '—'} | {sampler or '—'} | {len(mine)}/{n_seeds[g]} | "
             f"{'/'.join(_steps(t) for t in steps)} | {np.mean(vals):.1f} ± {np.std(vals):.1f} | {ratio} | {norm} | "
             f"{wall} |"
         )
@@ -636,8 +638,11 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
     return path
 
 
-def _method(method: str) -> str:
-    return "PPO, true reward" if method == "true" else "prefrl"
+def _method(grid: Grid, group: tuple[str, str, int, str]) -> str:
+    """``A2C, true reward`` (the experiment's own algorithm) or ``prefrl``."""
+    if group[1] != "true":
+        return "prefrl"
+    return f"{next(j.config.agent.algo for j in grid.jobs if j.group == group)}, true reward"
 
 
 def _steps(t: int) -> str:
@@ -727,7 +732,7 @@ def _panel(ax: Any, grid: Grid, rows: list[dict[str, Any]], exp: str, *, legend:
                 next(colors)
             continue
         if g[1] == "true":
-            color, name = "black", "PPO, true reward"
+            color, name = "black", _method(grid, g)
         else:
             color = next(colors)
             name = f"{g[2]} labels" + (f", {g[3]}" if len(samplers) > 1 else "")

@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("eval", help="evaluate a run's policy on the true reward")
     p.add_argument("run", type=Path)
     p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--policy", choices=["auto", "deterministic", "stochastic"],
+                   help="how the policy acts (default: the run's eval_policy; auto samples on Atari only)")  # fmt: skip
 
     p = sub.add_parser("plot", help="(re)draw a run's plots")
     p.add_argument("run", type=Path)
@@ -326,12 +328,14 @@ def _export(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import dataclasses as dc
 
-    from prefrl.loop import evaluate, make_eval_env, restore_normalization
+    from prefrl.loop import eval_deterministic, evaluate, make_eval_env, restore_normalization
     from prefrl.make import make_agent
     from prefrl.run import RunDir
 
     run = RunDir(args.run)
     cfg = dc.replace(run.load_config(), eval_episodes=args.episodes)
+    if args.policy:
+        cfg = dc.replace(cfg, eval_policy=args.policy)
     if not (run.ckpt / "agent.zip").exists():
         raise FileNotFoundError(f"{run.path}: no checkpoint yet (checkpoint/agent.zip); let the run train a chunk")
     fresh = make_agent(cfg.agent, make_eval_env(cfg), seed=cfg.seed)
@@ -341,7 +345,8 @@ def _eval(args: argparse.Namespace) -> int:
     result = evaluate(agent, cfg)
     print(
         f"{cfg.env.id}: true return {result['eval/true_return']:.2f} ± {result['eval/true_return_std']:.2f} "
-        f"over {args.episodes} episodes (mean length {result['eval/ep_len']:.1f})"
+        f"over {args.episodes} {'deterministic' if eval_deterministic(cfg) else 'sampled'} episodes "
+        f"(mean length {result['eval/ep_len']:.1f})"
     )
     return 0
 

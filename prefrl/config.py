@@ -183,9 +183,13 @@ class TrainConfig:
     seed: int = 0
     """Seeds the environments, the agent, the reward model, the sampler and the synthetic oracle."""
     eval_episodes: int = 20
-    """Episodes of the deterministic policy on the true reward at the end of the run (0: no evaluation)."""
+    """Episodes of the policy on the true reward at the end of the run (0: no evaluation)."""
     eval_every: int = 0
-    """Also evaluate (``eval_episodes`` deterministic episodes, true reward) every this many steps (0: at the end)."""
+    """Also evaluate (``eval_episodes`` episodes, true reward) every this many steps (0: at the end)."""
+    eval_policy: str = "auto"
+    """How the evaluated policy acts: ``deterministic`` (its most likely action), ``stochastic`` (sampled, as in
+    training), or ``auto``: stochastic on Atari, as rl-baselines3-zoo scores Atari agents (an argmax policy can
+    stall there, e.g. a paddle that never moves in time), deterministic elsewhere."""
     baseline: bool = False
     """Also train the same agent on the true reward and plot both."""
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -227,6 +231,7 @@ _CHOICES = {
     ("labels", "sampler"): ("uniform", "disagreement", "entropy"),
     ("oracle", "kind"): ("synthetic", "replay", "human"),
     ("reward_source",): ("learned", "true"),
+    ("eval_policy",): ("auto", "deterministic", "stochastic"),
 }
 
 

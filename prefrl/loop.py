@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from prefrl.config import ConfigError, OracleConfig, TrainConfig
 from prefrl.data import SKIP, TIE, ComparisonStore
-from prefrl.make import default_segment_length, make_agent, make_vec_env, resolve_env_id
+from prefrl.make import default_segment_length, env_kind, make_agent, make_vec_env, resolve_env_id
 from prefrl.oracles import Oracle, make_teacher
 from prefrl.reward import RewardEnsemble, RewardTrainer
 from prefrl.run import RunDir, Stopwatch, restore_rng, rng_state
@@ -327,7 +327,7 @@ def rollout_metrics(agent: Any, env: LearnedReward | None) -> dict[str, float]:
 
 
 def evaluate(agent: Any, cfg: TrainConfig) -> dict[str, float]:
-    """Mean true return of ``cfg.eval_episodes`` episodes on a fresh env (deterministic policy)."""
+    """Mean true return of ``cfg.eval_episodes`` episodes on a fresh env (the policy acts as ``cfg.eval_policy``)."""
     if cfg.eval_episodes <= 0:
         return {}
     venv = make_eval_env(cfg)
@@ -335,13 +335,26 @@ def evaluate(agent: Any, cfg: TrainConfig) -> dict[str, float]:
     if norm is not None:  # the policy sees observations as it saw them in training; statistics frozen
         venv = VecNormalize(venv, training=False, norm_reward=False)
         venv.obs_rms = copy.deepcopy(norm.obs_rms)
-    returns, lengths = evaluate_policy(agent, venv, n_eval_episodes=cfg.eval_episodes, return_episode_rewards=True)
+    returns, lengths = evaluate_policy(
+        agent,
+        venv,
+        n_eval_episodes=cfg.eval_episodes,
+        deterministic=eval_deterministic(cfg),
+        return_episode_rewards=True,
+    )
     venv.close()
     return {
         "eval/true_return": float(np.mean(returns)),
         "eval/true_return_std": float(np.std(returns)),
         "eval/ep_len": float(np.mean(lengths)),
     }
+
+
+def eval_deterministic(cfg: TrainConfig) -> bool:
+    """Whether evaluation takes the policy's most likely action (``cfg.eval_policy``; ``auto``: not on Atari)."""
+    if cfg.eval_policy == "auto":
+        return env_kind(cfg.env) != "atari"
+    return cfg.eval_policy == "deterministic"
 
 
 def evaluate_due(agent: Any, cfg: TrainConfig, since: int) -> dict[str, float]:

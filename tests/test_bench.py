@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import prefrl.loop as loop
-from prefrl.bench import RUNS_COLUMNS, load_grid, run_grid
+from prefrl.bench import RUNS_COLUMNS, load_grid, run_grid, write_summary
 from prefrl.cli import main
 from prefrl.config import ConfigError, load_config
 from prefrl.data import ComparisonStore
@@ -230,8 +230,22 @@ def test_normalization_statistics_survive_a_resume_and_reach_the_evaluation(tmp_
         # Every observation since the start is in the statistics, not only those after the resume.
         assert float(saved["obs_rms_count"]) > cfg.total_timesteps
     assert main(["eval", str(run.path), "--episodes", "2"]) == 0
-    assert "true return" in capsys.readouterr().out
+    assert "over 2 deterministic episodes" in capsys.readouterr().out
+    assert main(["eval", str(run.path), "--episodes", "2", "--policy", "stochastic"]) == 0
+    assert "over 2 sampled episodes" in capsys.readouterr().out
 
 
 def test_periodic_evaluation_is_off_unless_asked_for():
     assert load_config(None, []).eval_every == 0
+
+
+def test_the_summary_names_the_true_reward_agent_by_its_algorithm(tmp_path):
+    (tmp_path / "g.toml").write_text(
+        'name = "g"\nseeds = [0]\nlabels = [10]\n'
+        '[[experiments]]\nenv = "CartPole-v1"\nname = "cp-a2c"\nset = ["agent.algo=\'A2C\'", "agent.kwargs={}"]\n'
+        '[[experiments]]\nenv = "CartPole-v1"\nname = "cp-ppo"\n'
+    )
+    grid = load_grid(tmp_path / "g.toml", runs_dir=tmp_path / "runs")
+    summary = write_summary(grid, [], tmp_path / "summary.md", randoms={}).read_text()
+    assert "| cp-a2c | CartPole-v1 | A2C, true reward |" in summary
+    assert "| cp-ppo | CartPole-v1 | PPO, true reward |" in summary

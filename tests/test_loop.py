@@ -4,7 +4,7 @@ import pytest
 
 import prefrl.loop as loop
 from prefrl.cli import main
-from prefrl.config import load_config
+from prefrl.config import ConfigError, load_config
 from prefrl.data import ComparisonStore, DataError
 from prefrl.run import RunDir
 
@@ -161,3 +161,44 @@ def test_a_finished_run_is_not_trained_or_evaluated_again(tmp_path, monkeypatch)
     monkeypatch.setattr(loop, "evaluate", lambda *a, **k: pytest.fail("evaluated a finished run again"))
     again = loop.train(cfg, run, progress=False)
     assert again == first and len(run.metrics().rows) == rows
+
+
+@pytest.mark.parametrize(
+    "policy, want",
+    [("deterministic", [True]), ("stochastic", [False]), ("auto", [True])],  # auto: deterministic off Atari
+)
+def test_evaluation_acts_as_eval_policy_says(policy, want, monkeypatch):
+    from stable_baselines3 import PPO
+
+    cfg = load_config(None, ["eval_episodes=2", f"eval_policy='{policy}'"])
+    agent = loop.make_agent(cfg.agent, loop.make_vec_env(cfg.env, seed=0), seed=0)
+    seen = []
+    real_predict = PPO.predict
+
+    def spy(self, obs, state=None, episode_start=None, deterministic=False):
+        seen.append(deterministic)
+        return real_predict(self, obs, state, episode_start, deterministic)
+
+    monkeypatch.setattr(PPO, "predict", spy)
+    result = loop.evaluate(agent, cfg)
+    assert sorted(set(seen)) == want and len(seen) >= 2 * 8  # every step of both episodes, one way
+    assert result["eval/true_return"] > 0
+
+
+@pytest.mark.parametrize(
+    "env_id, policy, deterministic",
+    [
+        ("ALE/Pong-v5", "auto", False),  # rl-baselines3-zoo samples the actions of Atari agents when scoring them
+        ("CartPole-v1", "auto", True),
+        ("ALE/Pong-v5", "deterministic", True),
+        ("CartPole-v1", "stochastic", False),
+    ],
+)
+def test_auto_evaluation_samples_actions_on_atari_only(env_id, policy, deterministic):
+    cfg = load_config(None, [f"env.id='{env_id}'", f"eval_policy='{policy}'"])
+    assert loop.eval_deterministic(cfg) is deterministic
+
+
+def test_an_unknown_eval_policy_is_refused_with_the_choices():
+    with pytest.raises(ConfigError, match="eval_policy = 'greedy' is not one of auto, deterministic, stochastic"):
+        load_config(None, ["eval_policy='greedy'"])
