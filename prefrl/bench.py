@@ -253,13 +253,21 @@ def _check_runs(jobs: list[Job]) -> None:
             continue
         saved = _flat(to_dict(RunDir(job.run_dir).load_config()))
         wanted = _flat(to_dict(job.config))
-        diff = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+        diff = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k) and _matters(job, k)]
         if diff:
             k = diff[0]
             raise ConfigError(
                 f"bench: {job.run_dir} was started with {k} = {saved.get(k)!r}, the grid now gives {wanted.get(k)!r}; "
                 "restore the grid file, or move that run directory away to start it afresh"
             )
+
+
+# What a run on the true reward never reads: a grid may retune the preference learning without restarting it.
+_UNUSED_BY_TRUE_REWARD = ("reward.", "labels.", "segments.", "oracle.")
+
+
+def _matters(job: Job, key: str) -> bool:
+    return not (job.method == "true" and key.startswith(_UNUSED_BY_TRUE_REWARD))
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

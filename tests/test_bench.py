@@ -137,6 +137,17 @@ def test_a_changed_grid_is_refused_before_it_mixes_runs(pool, tmp_path):
         load_grid(changed, runs_dir=pool.runs)
 
 
+def test_retuning_the_reward_learning_keeps_the_true_reward_runs_and_refuses_the_others(pool, tmp_path):
+    changed = tmp_path / "smoke.toml"
+    changed.write_text(SMOKE.read_text().replace('"reward.epochs=5"', '"reward.epochs=3"'))
+    with pytest.raises(ConfigError, match=r"cartpole-prefrl-\S+ was started with reward.epochs = 5, the grid now"):
+        load_grid(changed, runs_dir=pool.runs)
+    only_true = tmp_path / "only_true.toml"  # the same grid without its prefrl runs: the true-reward ones resume
+    only_true.write_text(changed.read_text().replace("labels = [20]", "labels = []\ntrue_reward = true"))
+    grid = load_grid(only_true, runs_dir=pool.runs)
+    assert {j.method for j in grid.jobs} == {"true"} and all((j.run_dir / "config.toml").exists() for j in grid.jobs)
+
+
 def test_ray_runs_the_same_grid_and_skips_the_finished_runs(pool, tmp_path, monkeypatch, capsys):
     # A local Ray instance with its own token (Ray's default token auth would write one under the home directory).
     monkeypatch.setenv("RAY_AUTH_MODE", "token")

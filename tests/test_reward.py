@@ -351,3 +351,17 @@ def test_cnn_members_see_their_own_images():
     per_member = ens(x)  # (K, N)
     for k in range(3):  # member k on its own images equals member k on the same images shared by all
         assert torch.allclose(per_member[k], ens(x[k])[k], atol=1e-5)
+
+
+def test_cnn_dropout_acts_in_training_only_and_repeats_with_its_generator():
+    from prefrl.reward.nets import EnsembleCNN
+
+    net = EnsembleCNN(2, (4, 48, 48), dropout=0.5, generator=torch.Generator().manual_seed(0))
+    x = torch.from_numpy(np.random.default_rng(9).integers(0, 256, size=(8, 4, 48, 48), dtype=np.uint8))
+    net.train()
+    with torch.no_grad():
+        a, b, c = (net(x, generator=torch.Generator().manual_seed(s)) for s in (1, 1, 2))
+    assert torch.equal(a, b) and not torch.allclose(a, c)  # a seeded mask repeats; another seed drops others
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(net(x, generator=torch.Generator().manual_seed(1)), net(x))  # no dropout in eval mode

@@ -258,22 +258,25 @@ class EnsembleCNN(nn.Module):
     ) -> torch.Tensor:
         """Uint8 ``x`` ``(N, C, H, W)`` (shared) or ``(K, N, C, H, W)``; ``a`` ``([K,] N, d_act)`` -> ``(K, N)``."""
         K = self.members
+        # Channels-last activations: the CPU convolutions (and their gradients) run about twice as fast.
+        last = torch.channels_last
         if x.dim() == 4:  # shared input: the first conv runs once, ungrouped, producing every member's channels
             N = x.shape[0]
-            h = x.float().div_(255.0)  # (N, C, H, W)
+            h = x.contiguous(memory_format=last).float().div_(255.0)  # (N, C, H, W); converted once, laid out
             first = self.convs[0]
             h = F.conv2d(h, first.weight, first.bias, first.stride)  # (N, K*16, h, w)
         else:
             _, N, C, H, W = x.shape
-            h = x.transpose(0, 1).reshape(N, K * C, H, W).float().div_(255.0)  # (N, K*C, H, W) member-major
-            h = self.convs[0](h)  # (N, K*16, h, w)
+            h = x.transpose(0, 1).reshape(N, K * C, H, W)  # (N, K*C, H, W) member-major, still uint8
+            h = self.convs[0](h.contiguous(memory_format=last).float().div_(255.0))  # (N, K*16, h, w)
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
             if i:
                 h = conv(h)  # (N, K*16, h, w), groups=K
             h = F.leaky_relu(norm(h), LEAKY_SLOPE)
             if self.training and self.dropout > 0:
-                keep = torch.rand(h.shape, generator=generator) >= self.dropout  # ~2x faster than bernoulli_
-                h = torch.where(keep, h * (1.0 / (1.0 - self.dropout)), 0.0)
+                # A float mask in h's own layout: about twice as fast as torch.where or bernoulli_ here.
+                keep = torch.empty_like(h).uniform_(generator=generator).ge_(self.dropout)  # 1.0 kept, 0.0 dropped
+                h = h * keep.mul_(1.0 / (1.0 - self.dropout))
         h = h.reshape(N, K, self.flat).transpose(0, 1)  # (K, N, flat)
         if self.act_dim:
             if a is None:
