@@ -3,7 +3,8 @@
 A grid file names experiments and what to vary; every cell of the grid is an ordinary run directory
 (``prefrl plot RUN`` and ``prefrl train --resume RUN`` work on it). Runs execute in a local process
 pool, or as tasks on a Ray cluster; either way each one is :func:`run_job`. Rerunning a grid skips the
-finished runs and resumes the interrupted ones from their checkpoints.
+finished runs and resumes the interrupted ones from their checkpoints; a true-reward run the grid now wants
+longer goes on from its last one.
 
 ```toml
 # benchmarks/grids/example.toml
@@ -254,6 +255,15 @@ def _check_runs(jobs: list[Job]) -> None:
         saved = _flat(to_dict(RunDir(job.run_dir).load_config()))
         wanted = _flat(to_dict(job.config))
         diff = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k) and _matters(job, k)]
+        if diff == ["total_timesteps"] and wanted[diff[0]] > saved[diff[0]]:
+            why = _cannot_lengthen(job)
+            if why:
+                raise ConfigError(
+                    f"bench: {job.run_dir} ran to total_timesteps = {saved[diff[0]]}, the grid now gives "
+                    f"{wanted[diff[0]]}; {why}. Restore the grid file, or move that run directory away to start it "
+                    "afresh"
+                )
+            continue  # run_job lengthens it
         if diff:
             k = diff[0]
             raise ConfigError(
@@ -264,6 +274,29 @@ def _check_runs(jobs: list[Job]) -> None:
 
 # What a run on the true reward never reads: a grid may retune the preference learning without restarting it.
 _UNUSED_BY_TRUE_REWARD = ("reward.", "labels.", "segments.", "oracle.")
+
+
+def _cannot_lengthen(job: Job) -> str:
+    """Why a run cannot simply go on to a larger ``total_timesteps`` ("" when it can): it can when nothing it did
+    depended on its length, i.e. a true-reward run whose agent has no ``lin_`` schedule (those decay over the whole
+    run). Lengthened, it continues from its last checkpoint as if it had been interrupted there."""
+    if job.method != "true":
+        return "a preference run spreads its labels over its whole length, so it cannot be lengthened"
+    scheduled = sorted(k for k, v in job.config.agent.kwargs.items() if isinstance(v, str) and v.startswith("lin_"))
+    if scheduled:
+        return f"its agent's {', '.join(scheduled)} decay over the whole run, so it cannot be lengthened"
+    return ""
+
+
+def _lengthen(job: Job) -> None:
+    """A finished (or part-way) run that the grid now wants longer: its config says the new length, and it is no
+    longer finished; :func:`prefrl.loop.train` resumes it from its last checkpoint."""
+    from prefrl.run import RunDir
+
+    run = RunDir(job.run_dir)
+    if run.config_path.exists() and run.load_config().total_timesteps < job.config.total_timesteps:
+        run.save_config(job.config)
+        (run.ckpt / "final.json").unlink(missing_ok=True)
 
 
 def _matters(job: Job, key: str) -> bool:
@@ -297,6 +330,7 @@ def run_job(job: Job) -> dict[str, Any]:
     from prefrl.run import RunDir
 
     torch.set_num_threads(1)
+    _lengthen(job)
     result = train(job.config, RunDir(job.run_dir), progress=False)
     return {"name": job.name, "timesteps": result.timesteps, "true_return": result.true_return}
 
@@ -475,7 +509,11 @@ def status(grid: Grid) -> list[dict[str, Any]]:
 
 
 def _finished(job: Job) -> bool:
-    return (job.run_dir / "checkpoint" / "final.json").exists()
+    """Trained to the grid's length (a run the grid has since lengthened is part-way again)."""
+    try:
+        return _read_final(job)["timesteps"] >= job.config.total_timesteps
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def _read_final(job: Job) -> dict[str, Any]:

@@ -132,8 +132,8 @@ def test_every_grid_run_is_an_ordinary_run_directory(pool, capsys):
 
 def test_a_changed_grid_is_refused_before_it_mixes_runs(pool, tmp_path):
     changed = tmp_path / "smoke.toml"
-    changed.write_text(SMOKE.read_text().replace("timesteps = 4096", "timesteps = 8192"))
-    with pytest.raises(ConfigError, match="was started with total_timesteps = 4096, the grid now gives 8192"):
+    changed.write_text(SMOKE.read_text().replace("timesteps = 4096", "timesteps = 2048"))
+    with pytest.raises(ConfigError, match="was started with total_timesteps = 4096, the grid now gives 2048"):
         load_grid(changed, runs_dir=pool.runs)
 
 
@@ -146,6 +146,42 @@ def test_retuning_the_reward_learning_keeps_the_true_reward_runs_and_refuses_the
     only_true.write_text(changed.read_text().replace("labels = [20]", "labels = []\ntrue_reward = true"))
     grid = load_grid(only_true, runs_dir=pool.runs)
     assert {j.method for j in grid.jobs} == {"true"} and all((j.run_dir / "config.toml").exists() for j in grid.jobs)
+
+
+def test_a_lengthened_grid_continues_its_true_reward_runs_and_refuses_to_stretch_the_others(pool, tmp_path, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    for job in pool.grid.jobs:
+        if job.seed == 0:
+            shutil.copytree(job.run_dir, runs / job.name)
+    head, cartpole, pendulum = SMOKE.read_text().replace("seeds = [0, 1]", "seeds = [0]").split("[[experiments]]")
+    head = head.replace("timesteps = 4096", "timesteps = 6144")
+
+    def grid(text: str) -> Path:
+        (tmp_path / "longer.toml").write_text(text)
+        return tmp_path / "longer.toml"
+
+    # CartPole's PPO decays its learning rate and clip range over the run; a preference run spreads its labels.
+    with pytest.raises(ConfigError, match=r"cartpole-true-s0 ran to total_timesteps = 4096, the grid now gives 6144; "):
+        load_grid(grid(f"{head}[[experiments]]{cartpole}"), runs_dir=runs)
+    with pytest.raises(ConfigError, match=r"its agent's clip_range, learning_rate decay over the whole run"):
+        load_grid(grid(f"{head}[[experiments]]{cartpole}"), runs_dir=runs)
+    with pytest.raises(ConfigError, match=r"prefrl-disagreement-20-s0 ran to .* a preference run spreads its labels"):
+        load_grid(grid(f"{head}[[experiments]]{pendulum}"), runs_dir=runs)
+
+    # Pendulum's true-reward PPO has constant hyperparameters: it goes on from 4096 steps to 6144.
+    true = next(j for j in pool.grid.jobs if j.experiment != "cartpole" and j.method == "true" and j.seed == 0)
+    before = (runs / true.name / "metrics.csv").read_text().splitlines()
+    path = grid(f"{head.replace('labels = [20]', 'labels = []')}[[experiments]]{pendulum}")
+    assert main(["bench", str(path), "--runs", str(runs), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    assert "1 runs, 0 finished, 1 to resume, 0 to start" in capsys.readouterr().err
+    after = (runs / true.name / "metrics.csv").read_text().splitlines()
+    assert after[: len(before)] == before and len(after) > len(before)
+    run = RunDir(runs / true.name)
+    assert run.load_config().total_timesteps == 6144 and run.read_final()["timesteps"] >= 6144
+    steps = {int(r["timesteps"]) for r in read_rows(out / "runs.csv")}
+    assert {2048, 4096, 6144} <= steps and "Runs finished: 1 of 1." in (out / "summary.md").read_text()
+    assert main(["bench", str(path), "--runs", str(runs), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    assert "1 runs, 1 finished, 0 to resume, 0 to start" in capsys.readouterr().err
 
 
 def test_ray_runs_the_same_grid_and_skips_the_finished_runs(pool, tmp_path, monkeypatch, capsys):
