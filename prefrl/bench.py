@@ -280,9 +280,11 @@ def _cannot_lengthen(job: Job) -> str:
     """Why a run cannot simply go on to a larger ``total_timesteps`` ("" when it can): it can when nothing it did
     depended on its length, i.e. a true-reward run whose agent has no ``lin_`` schedule (those decay over the whole
     run). Lengthened, it continues from its last checkpoint as if it had been interrupted there."""
+    from prefrl.make import is_schedule
+
     if job.method != "true":
         return "a preference run spreads its labels over its whole length, so it cannot be lengthened"
-    scheduled = sorted(k for k, v in job.config.agent.kwargs.items() if isinstance(v, str) and v.startswith("lin_"))
+    scheduled = sorted(k for k, v in job.config.agent.kwargs.items() if is_schedule(v))
     if scheduled:
         return f"its agent's {', '.join(scheduled)} decay over the whole run, so it cannot be lengthened"
     return ""

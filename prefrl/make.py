@@ -156,8 +156,13 @@ def default_segment_length(cfg: EnvConfig) -> int:
     return 50
 
 
+def is_schedule(value: Any) -> bool:
+    """``lin_<start>`` in ``agent.kwargs``: a value that decays linearly to 0 over the whole run."""
+    return isinstance(value, str) and value.startswith("lin_")
+
+
 def _schedule(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith("lin_"):
+    if is_schedule(value):
         start = float(value[4:])
         return lambda progress_remaining: progress_remaining * start
     return value

@@ -161,9 +161,11 @@ def test_a_lengthened_grid_continues_its_true_reward_runs_and_refuses_to_stretch
         return tmp_path / "longer.toml"
 
     # CartPole's PPO decays its learning rate and clip range over the run; a preference run spreads its labels.
-    with pytest.raises(ConfigError, match=r"cartpole-true-s0 ran to total_timesteps = 4096, the grid now gives 6144; "):
-        load_grid(grid(f"{head}[[experiments]]{cartpole}"), runs_dir=runs)
-    with pytest.raises(ConfigError, match=r"its agent's clip_range, learning_rate decay over the whole run"):
+    scheduled = (
+        r"cartpole-true-s0 ran to total_timesteps = 4096, the grid now gives 6144; "
+        r"its agent's clip_range, learning_rate decay over the whole run"
+    )
+    with pytest.raises(ConfigError, match=scheduled):
         load_grid(grid(f"{head}[[experiments]]{cartpole}"), runs_dir=runs)
     with pytest.raises(ConfigError, match=r"prefrl-disagreement-20-s0 ran to .* a preference run spreads its labels"):
         load_grid(grid(f"{head}[[experiments]]{pendulum}"), runs_dir=runs)
