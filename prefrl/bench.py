@@ -6,6 +6,11 @@ pool, or as tasks on a Ray cluster; either way each one is :func:`run_job`. Reru
 finished runs and resumes the interrupted ones from their checkpoints; a true-reward run the grid now wants
 longer goes on from its last one.
 
+Each finished run also leaves a small record in the results, ``OUT/finished/RUN.json`` (its config, result
+and evaluation rows, and the commit it finished on). Commit the results directory with those records and a
+fresh checkout, without the run directories, carries on with the runs still missing: recorded runs are
+skipped and keep their rows in the table and plots, as long as the grid still gives them the same config.
+
 ```toml
 # benchmarks/grids/example.toml
 name = "example"                      # results in benchmarks/results/example/, runs in benchmarks/runs/example/
@@ -27,10 +32,10 @@ env = "CartPole-v1"                   # or an env id with the default config
 set = ["env.n_envs=8"]
 ```
 
-Results (rewritten whenever a run finishes) in ``OUT/``: ``runs.csv`` (one row per run and evaluation
-point), ``summary.md`` (final true return, ratio and normalized score against the true-reward runs of the
-same seeds) and ``returns.png`` (one panel per experiment; true return vs steps, mean over seeds with a
-min–max band), plus one ``returns-NAME.png`` per experiment.
+Results (rewritten whenever a run finishes) in ``OUT/``: ``finished/`` (the records above), ``runs.csv`` (one
+row per run and evaluation point), ``summary.md`` (final true return, ratio and normalized score against the
+true-reward runs of the same seeds) and ``returns.png`` (one panel per experiment; true return vs steps, mean
+over seeds with a min–max band), plus one ``returns-NAME.png`` per experiment.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from prefrl.config import ConfigError, TrainConfig, load_config, to_dict
+from prefrl.config import ConfigError, TrainConfig, dumps_config, load_config, loads_config, to_dict
 
 RUNS_COLUMNS = [
     "experiment",
@@ -105,6 +110,8 @@ class Job:
     seed: int
     run_dir: Path
     config: TrainConfig
+    record: Path
+    """Where the results keep this run's record once it has finished (``OUT/finished/RUN.json``)."""
 
     @property
     def name(self) -> str:
@@ -121,14 +128,18 @@ class Grid:
     name: str
     path: Path
     jobs: list[Job]
+    out_dir: Path
+    """Results: ``runs.csv``, ``summary.md``, the plots and the records of the finished runs."""
 
 
 # ------------------------------------------------------------------------------------------------
 # Reading a grid file.
 
 
-def load_grid(path: str | Path, *, runs_dir: Path | None = None) -> Grid:
-    """Every run of the grid at ``path``, each with its resolved config; any mistake is refused here."""
+def load_grid(path: str | Path, *, runs_dir: Path | None = None, out_dir: Path | None = None) -> Grid:
+    """Every run of the grid at ``path``, each with its resolved config; any mistake is refused here. Run
+    directories go in ``runs_dir`` (default ``benchmarks/runs/NAME``), results in ``out_dir`` (default
+    ``benchmarks/results/NAME``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"bench: no such grid file '{path}'")
@@ -144,6 +155,7 @@ def load_grid(path: str | Path, *, runs_dir: Path | None = None) -> Grid:
     if not entries or not all(isinstance(e, dict) for e in entries):
         raise ConfigError(f'bench: {path} names no experiments; add [[experiments]] tables with experiment = "..."')
     runs_dir = Path(runs_dir) if runs_dir is not None else Path("benchmarks") / "runs" / name
+    out_dir = Path(out_dir) if out_dir is not None else Path("benchmarks") / "results" / name
     jobs: list[Job] = []
     seen: set[str] = set()
     for i, entry in enumerate(entries):
@@ -176,10 +188,11 @@ def load_grid(path: str | Path, *, runs_dir: Path | None = None) -> Grid:
                 else:
                     extra += [f"labels.total={n}", f"labels.sampler='{sampler}'"]
                 cfg = load_config(file, [*overrides, *extra], base=base)
-                jobs.append(Job(exp, cfg.env.id, method, n, sampler, seed, runs_dir / run_name, cfg))
+                record = out_dir / "finished" / f"{run_name}.json"
+                jobs.append(Job(exp, cfg.env.id, method, n, sampler, seed, runs_dir / run_name, cfg, record))
     jobs.sort(key=lambda j: j.seed)  # seed 0 of every setting first: a grid cut short still covers them all
     _check_runs(jobs)
-    return Grid(name, path, jobs)
+    return Grid(name, path, jobs, out_dir)
 
 
 def _experiment_source(entry: dict, grid_path: Path, where: str) -> tuple[dict | None, Path | None, str]:
@@ -240,7 +253,8 @@ def _check_values(opts: dict[str, Any], where: str) -> None:
 
 
 def _check_runs(jobs: list[Job]) -> None:
-    """Refuse, before any compute, a run directory started with a different config (the grid file changed)."""
+    """Refuse, before any compute, a run directory (or a finished run's record) made with a different config:
+    the grid file changed."""
     from prefrl.loop import check_config
     from prefrl.run import RunDir
 
@@ -250,25 +264,30 @@ def _check_runs(jobs: list[Job]) -> None:
         if key not in checked:
             check_config(job.config)
             checked.add(key)
-        if not (job.run_dir / "config.toml").exists():
+        if (job.run_dir / "config.toml").exists():
+            saved, what = to_dict(RunDir(job.run_dir).load_config()), f"{job.run_dir}"
+            away = "move that run directory away to start it afresh"
+        elif job.record.exists():
+            saved = to_dict(loads_config(_read_record(job)["config"]))
+            what = f"the finished run recorded in {job.record}"
+            away = "delete that record to run it afresh"
+        else:
             continue
-        saved = _flat(to_dict(RunDir(job.run_dir).load_config()))
-        wanted = _flat(to_dict(job.config))
+        saved, wanted = _flat(saved), _flat(to_dict(job.config))
         diff = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k) and _matters(job, k)]
         if diff == ["total_timesteps"] and wanted[diff[0]] > saved[diff[0]]:
             why = _cannot_lengthen(job)
             if why:
                 raise ConfigError(
-                    f"bench: {job.run_dir} ran to total_timesteps = {saved[diff[0]]}, the grid now gives "
-                    f"{wanted[diff[0]]}; {why}. Restore the grid file, or move that run directory away to start it "
-                    "afresh"
+                    f"bench: {what} ran to total_timesteps = {saved[diff[0]]}, the grid now gives "
+                    f"{wanted[diff[0]]}; {why}. Restore the grid file, or {away}"
                 )
-            continue  # run_job lengthens it
+            continue  # run_job lengthens it (a recorded run without its directory starts afresh)
         if diff:
             k = diff[0]
             raise ConfigError(
-                f"bench: {job.run_dir} was started with {k} = {saved.get(k)!r}, the grid now gives {wanted.get(k)!r}; "
-                "restore the grid file, or move that run directory away to start it afresh"
+                f"bench: {what} was started with {k} = {saved.get(k)!r}, the grid now gives {wanted.get(k)!r}; "
+                f"restore the grid file, or {away}"
             )
 
 
@@ -350,7 +369,6 @@ class Report:
 def run_grid(
     grid: Grid,
     *,
-    out_dir: Path | None = None,
     workers: int = 2,
     ray_address: str | None = None,
     progress: bool = True,
@@ -358,7 +376,6 @@ def run_grid(
 ) -> Report:
     """Run every unfinished cell of ``grid`` (local pool of ``workers`` processes, or Ray at ``ray_address``:
     ``auto``, ``HOST:PORT``, or ``local`` to start a Ray instance on this machine), then write the results."""
-    out_dir = Path(out_dir) if out_dir is not None else Path("benchmarks") / "results" / grid.name
     say = log or (lambda msg: print(f"prefrl: {msg}", file=sys.stderr, flush=True))
     if workers < 1:
         raise ConfigError("--workers must be ≥ 1")
@@ -381,7 +398,7 @@ def run_grid(
             view.write(f"{job.name}: FAILED ({failed[job.name]})")
         nonlocal last_write
         if time.monotonic() - last_write > 60:  # results so far, while the rest runs
-            write_results(grid, out_dir)
+            write_results(grid)
             last_write = time.monotonic()
 
     try:
@@ -392,7 +409,7 @@ def run_grid(
                 _run_pool(todo, workers=workers, on_done=done, poll=view.refresh)
     finally:
         view.close()
-        written = write_results(grid, out_dir)  # also when interrupted: the results so far
+        written = write_results(grid)  # also when interrupted: the results so far
     finished = sum(_finished(j) for j in grid.jobs)
     return Report(len(grid.jobs), finished, failed, [j.name for j in todo], written)
 
@@ -511,7 +528,8 @@ def status(grid: Grid) -> list[dict[str, Any]]:
 
 
 def _finished(job: Job) -> bool:
-    """Trained to the grid's length (a run the grid has since lengthened is part-way again)."""
+    """Trained to the grid's length (a run the grid has since lengthened is part-way again), by its run directory
+    or, without one, by its record in the results."""
     try:
         return _read_final(job)["timesteps"] >= job.config.total_timesteps
     except (OSError, ValueError, KeyError):
@@ -519,7 +537,18 @@ def _finished(job: Job) -> bool:
 
 
 def _read_final(job: Job) -> dict[str, Any]:
-    return json.loads((job.run_dir / "checkpoint" / "final.json").read_text())
+    """The run's ``final.json``; a run whose directory is not here has its record's."""
+    path = job.run_dir / "checkpoint" / "final.json"
+    if path.exists() or (job.run_dir / "config.toml").exists() or not job.record.exists():
+        return json.loads(path.read_text())
+    return _read_record(job)["final"]
+
+
+def _read_record(job: Job) -> dict[str, Any]:
+    try:
+        return json.loads(job.record.read_text())
+    except ValueError as e:
+        raise ConfigError(f"bench: {job.record} is not a run record ({e}); restore it from version control") from None
 
 
 def _timesteps_done(job: Job) -> int:
@@ -529,7 +558,7 @@ def _timesteps_done(job: Job) -> int:
             return int(json.loads(path.read_text()).get("timesteps", 0))
         except (OSError, ValueError):
             continue
-    return 0
+    return _read_final(job)["timesteps"] if _finished(job) else 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -537,11 +566,14 @@ def _timesteps_done(job: Job) -> int:
 
 
 def collect_rows(grid: Grid) -> list[dict[str, Any]]:
-    """One row per run and evaluation point, from the runs' ``metrics.csv`` (finished or not)."""
+    """One row per run and evaluation point, from the runs' ``metrics.csv`` (finished or not), or from the record
+    of a finished run whose directory is not here."""
     rows = []
     for job in grid.jobs:
         path = job.run_dir / "metrics.csv"
         if not path.exists():
+            if _finished(job):
+                rows += [{k: math.nan if v is None else v for k, v in r.items()} for r in _read_record(job)["rows"]]
             continue
         with path.open(newline="") as f:
             logged = list(csv.DictReader(f))
@@ -583,10 +615,13 @@ def _num(cell: Any, default: float = math.nan) -> float:
         return default
 
 
-def write_results(grid: Grid, out_dir: Path) -> list[Path]:
-    """``runs.csv``, ``summary.md`` and the return plots, from whatever the runs have written so far."""
+def write_results(grid: Grid) -> list[Path]:
+    """The records of newly finished runs, ``runs.csv``, ``summary.md`` and the return plots, from whatever the
+    runs have written so far."""
+    out_dir = grid.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = collect_rows(grid)
+    write_records(grid, rows)
     csv_path = out_dir / "runs.csv"
     tmp = csv_path.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
@@ -596,6 +631,36 @@ def write_results(grid: Grid, out_dir: Path) -> list[Path]:
     tmp.replace(csv_path)
     written = [csv_path, write_summary(grid, rows, out_dir / "summary.md", randoms=random_returns(grid, out_dir))]
     return written + plot_grid(grid, rows, out_dir)
+
+
+def write_records(grid: Grid, rows: list[dict[str, Any]]) -> list[Path]:
+    """``finished/RUN.json`` for every run finished in its directory whose record is missing or stale: what a
+    checkout without the run directories needs to skip the run and still show its results."""
+    written = []
+    for job in grid.jobs:
+        if not ((job.run_dir / "checkpoint" / "final.json").exists() and _finished(job)):
+            continue
+        final = _read_final(job)
+        if job.record.exists() and _read_record(job)["final"] == final:
+            continue  # unchanged: keep the commit it was first recorded on
+        record = {
+            "run": job.name,
+            "commit": machine_info()["commit"],
+            "machine": machine(),
+            "final": final,
+            "config": dumps_config(job.config),
+            "rows": [
+                {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+                for r in rows
+                if _group(r) == job.group and r["seed"] == job.seed
+            ],
+        }
+        job.record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = job.record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
+        tmp.replace(job.record)
+        written.append(job.record)
+    return written
 
 
 def random_returns(grid: Grid, out_dir: Path, episodes: int = 20) -> dict[str, float]:

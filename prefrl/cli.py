@@ -365,16 +365,15 @@ def _plot(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from prefrl.bench import load_grid, run_grid, status, write_results
 
-    grid = load_grid(args.grid, runs_dir=args.runs)
-    out = args.out or Path("benchmarks") / "results" / grid.name
+    grid = load_grid(args.grid, runs_dir=args.runs, out_dir=args.out)
     if args.status:
         for s in status(grid):
             print(f"{s['run']:<48} {s['state']:<12} {s['timesteps']:>10,} / {s['total']:,} steps")
-        for path in write_results(grid, out):
+        for path in write_results(grid):
             print(f"prefrl: wrote {path}", file=sys.stderr)
         return 0
     try:
-        report = run_grid(grid, out_dir=out, workers=args.workers, ray_address=args.ray_address,
+        report = run_grid(grid, workers=args.workers, ray_address=args.ray_address,
                           progress=not args.no_progress)  # fmt: skip
     except KeyboardInterrupt:
         print("prefrl: interrupted; run the same `prefrl bench` command again to resume the grid", file=sys.stderr)

@@ -412,7 +412,17 @@ def from_dict(data: dict[str, Any]) -> TrainConfig:
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    path.write_text(tomli_w.dumps(_toml_safe(to_dict(cfg))))
+    path.write_text(dumps_config(cfg))
+
+
+def dumps_config(cfg: TrainConfig) -> str:
+    """The TOML of a run's ``config.toml``."""
+    return tomli_w.dumps(_toml_safe(to_dict(cfg)))
+
+
+def loads_config(text: str) -> TrainConfig:
+    """Inverse of :func:`dumps_config`."""
+    return from_dict(tomllib.loads(text))
 
 
 def _toml_safe(d: Any) -> Any:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from prefrl.config import TrainConfig, from_dict, save_config
+from prefrl.config import TrainConfig, loads_config, save_config
 
 
 class MetricsLog:
@@ -118,11 +118,9 @@ class RunDir:
         save_config(cfg, self.config_path)
 
     def load_config(self) -> TrainConfig:
-        import tomllib
-
         if not self.config_path.exists():
             raise FileNotFoundError(f"{self.path} is not a run directory (no config.toml); pass the directory of a run")
-        return from_dict(tomllib.loads(self.config_path.read_text()))
+        return loads_config(self.config_path.read_text())
 
     def metrics(self) -> MetricsLog:
         tb = self.path / "tb"

@@ -1,4 +1,5 @@
 import csv
+import json
 import re
 import secrets
 import shutil
@@ -12,7 +13,7 @@ import torch
 import prefrl.loop as loop
 from prefrl.bench import RUNS_COLUMNS, load_grid, run_grid, write_summary
 from prefrl.cli import main
-from prefrl.config import ConfigError, load_config
+from prefrl.config import ConfigError, load_config, loads_config
 from prefrl.data import ComparisonStore
 from prefrl.make import make_agent, make_vec_env
 from prefrl.run import RunDir
@@ -114,12 +115,46 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_its_labels(pool):
 
 def test_running_a_finished_grid_again_trains_nothing(pool, capsys):
     stamps = {j.name: (j.run_dir / "metrics.csv").stat().st_mtime_ns for j in pool.grid.jobs}
-    report = run_grid(load_grid(SMOKE, runs_dir=pool.runs), out_dir=pool.out, progress=False)
+    report = run_grid(load_grid(SMOKE, runs_dir=pool.runs, out_dir=pool.out), progress=False)
     assert report.ran == [] and report.finished == 8 and report.failed == {}
     assert "8 runs, 8 finished, 0 to resume, 0 to start" in capsys.readouterr().err
     assert stamps == {j.name: (j.run_dir / "metrics.csv").stat().st_mtime_ns for j in pool.grid.jobs}
     assert main(["bench", str(SMOKE), "--runs", str(pool.runs), "--out", str(pool.out), "--status"]) == 0
     assert capsys.readouterr().out.count("finished") == 8
+
+
+def test_a_checkout_with_only_the_results_skips_the_recorded_runs_and_keeps_their_rows(pool, tmp_path, capsys):
+    # The results directory (committed) without the run directories: a fresh checkout of a grid in progress.
+    out = tmp_path / "results"
+    shutil.copytree(pool.out, out)
+    records = sorted((out / "finished").glob("*.json"))
+    assert [p.stem for p in records] == sorted(j.name for j in pool.grid.jobs)
+    record = json.loads(records[0].read_text())
+    assert record["commit"] and record["final"]["timesteps"] >= 4096
+    assert loads_config(record["config"]).name == records[0].stem
+    csv_before = (out / "runs.csv").read_text()
+    report = run_grid(load_grid(SMOKE, runs_dir=tmp_path / "runs", out_dir=out), progress=False)
+    assert report.ran == [] and report.finished == 8 and not (tmp_path / "runs").exists()
+    assert "8 runs, 8 finished, 0 to resume, 0 to start" in capsys.readouterr().err
+    assert (out / "runs.csv").read_text() == csv_before  # NaN predicted returns of true-reward runs included
+    assert "Runs finished: 8 of 8." in (out / "summary.md").read_text()
+    assert [p.read_text() for p in records] == [p.read_text() for p in sorted((out / "finished").glob("*.json"))]
+
+    # A grid that now gives a recorded run another config is refused, naming the record.
+    changed = tmp_path / "smoke.toml"
+    changed.write_text(SMOKE.read_text().replace('"reward.epochs=5"', '"reward.epochs=3"'))
+    with pytest.raises(
+        ConfigError, match=r"recorded in \S+cartpole-prefrl-\S+\.json was started with reward.epochs = 5"
+    ):
+        load_grid(changed, runs_dir=tmp_path / "runs", out_dir=out)
+
+    # Without its record (deleted, as the message says), a run is missing again and trains from scratch.
+    gone = next(j for j in pool.grid.jobs if j.experiment == "cartpole" and j.method == "true" and j.seed == 0)
+    (out / "finished" / f"{gone.name}.json").unlink()
+    report = run_grid(load_grid(SMOKE, runs_dir=tmp_path / "runs", out_dir=out), workers=1, progress=False)
+    assert report.ran == [gone.name] and report.finished == 8 and report.failed == {}
+    assert (out / "finished" / f"{gone.name}.json").exists()
+    assert (tmp_path / "runs" / gone.name / "checkpoint" / "final.json").exists()
 
 
 def test_every_grid_run_is_an_ordinary_run_directory(pool, capsys):
