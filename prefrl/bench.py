@@ -22,6 +22,9 @@ timesteps = 1_000_000                 # every run's total_timesteps (0 or absent
 eval_every = 100_000                  # evaluation points (default: a tenth of the run)
 eval_episodes = 10
 set = ["reward.epochs=10"]            # --set overrides for every run
+goal_ratio = 0.9                      # the summary says whether prefrl reaches 0.9x the true-reward return ...
+goal_return = 3000                    # ... and this final true return (either or both; any experiment may differ)
+notes = "Text for the summary."       # e.g. why a goal is missed (an experiment's own notes go under its name)
 
 [[experiments]]
 experiment = "hopper"                 # experiments/hopper.toml (or a path; relative to this file or the cwd)
@@ -80,8 +83,9 @@ RUNS_COLUMNS = [
 # Keys of a grid file (top level) and of an [[experiments]] entry, with their types.
 _VARIED = {"seeds": list, "labels": list, "samplers": list, "true_reward": bool, "timesteps": int, "set": list}
 _EVAL = {"eval_every": int, "eval_episodes": int}
-_TOP = {"name": str, "experiments": list, **_VARIED, **_EVAL}
-_EXPERIMENT = {"experiment": str, "env": str, "name": str, **_VARIED, **_EVAL}
+_REPORT = {"goal_ratio": float, "goal_return": float, "notes": str}
+_TOP = {"name": str, "experiments": list, **_VARIED, **_EVAL, **_REPORT}
+_EXPERIMENT = {"experiment": str, "env": str, "name": str, **_VARIED, **_EVAL, **_REPORT}
 _DEFAULTS: dict[str, Any] = {
     "seeds": [0],
     "labels": [],
@@ -130,6 +134,10 @@ class Grid:
     jobs: list[Job]
     out_dir: Path
     """Results: ``runs.csv``, ``summary.md``, the plots and the records of the finished runs."""
+    goals: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    """Per experiment: ``goal_ratio`` and/or ``goal_return`` that its preference runs are to reach."""
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Text for the summary, per experiment ("" for the whole grid)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,6 +166,8 @@ def load_grid(path: str | Path, *, runs_dir: Path | None = None, out_dir: Path |
     out_dir = Path(out_dir) if out_dir is not None else Path("benchmarks") / "results" / name
     jobs: list[Job] = []
     seen: set[str] = set()
+    goals: dict[str, dict[str, float]] = {}
+    notes = {"": data["notes"].strip()} if data.get("notes", "").strip() else {}
     for i, entry in enumerate(entries):
         where = f"{path}: experiments[{i}]"
         _check_keys(entry, _EXPERIMENT, where)
@@ -173,6 +183,10 @@ def load_grid(path: str | Path, *, runs_dir: Path | None = None, out_dir: Path |
         if exp in seen:
             raise ConfigError(f"{where}: a second experiment named {exp!r}; give one of them name = '...'")
         seen.add(exp)
+        wanted = {k: entry.get(k, data.get(k)) for k in ("goal_ratio", "goal_return")}
+        goals[exp] = {k: float(v) for k, v in wanted.items() if v is not None}
+        if entry.get("notes", "").strip():
+            notes[exp] = entry["notes"].strip()
         eval_every = opts["eval_every"] or max(1, exp_cfg.total_timesteps // 10)
         methods = ([("true", 0, "")] if opts["true_reward"] else []) + [
             ("prefrl", n, s) for n in opts["labels"] for s in opts["samplers"]
@@ -192,7 +206,7 @@ def load_grid(path: str | Path, *, runs_dir: Path | None = None, out_dir: Path |
                 jobs.append(Job(exp, cfg.env.id, method, n, sampler, seed, runs_dir / run_name, cfg, record))
     jobs.sort(key=lambda j: j.seed)  # seed 0 of every setting first: a grid cut short still covers them all
     _check_runs(jobs)
-    return Grid(name, path, jobs, out_dir)
+    return Grid(name, path, jobs, out_dir, goals, notes)
 
 
 def _experiment_source(entry: dict, grid_path: Path, where: str) -> tuple[dict | None, Path | None, str]:
@@ -225,7 +239,9 @@ def _check_keys(table: dict, allowed: dict[str, type], where: str) -> None:
             hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(allowed)}"
             raise ConfigError(f"{where}: unknown key '{key}'{hint}")
         tp = allowed[key]
-        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        if isinstance(value, bool) and tp is not bool:
+            raise ConfigError(f"{where}: '{key}' must be {tp.__name__}, got {value!r}")
+        if not (isinstance(value, tp) or (tp is float and isinstance(value, int))):
             raise ConfigError(f"{where}: '{key}' must be {tp.__name__}, got {value!r}")
 
 
@@ -701,6 +717,11 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
     groups = list(dict.fromkeys(j.group for j in grid.jobs))
     n_seeds = {g: sum(j.group == g for j in grid.jobs) for g in groups}
     finished = sum(_finished(j) for j in grid.jobs)
+    goal_col = any(grid.goals.values())
+    goal_text = [
+        "Goal: what the grid file asks of the preference runs (ratio ≥ goal_ratio, final return ≥ goal_return), met",
+        "or missed by the seeds finished so far.",
+    ]
     lines = [
         f"# Grid `{grid.name}`: true return of agents trained from synthetic preferences and on the true reward",
         "",
@@ -714,10 +735,12 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
         "Ratio: mean final return / mean final return of the same agent on the true reward, same seeds and steps",
         "(shown when that baseline is positive). Normalized: (return − random policy) / (true-reward agent − random",
         "policy).",
+        *(goal_text if goal_col else []),
         "",
         "| experiment | env | method | labels | sampler | seeds | steps | final true return | ratio | normalized "
-        "| mean wall s |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        + ("| goal " if goal_col else "")
+        + "| mean wall s |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|" + ("---|" if goal_col else "") + "---:|",
     ]
     for g in groups:
         exp, method, labels, sampler = g
@@ -725,30 +748,52 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
         mine = final.get(g, {})
         if not mine:
             lines.append(f"| {exp} | {env} | {_method(grid, g)} | {labels or '—'} | {sampler or '—'} | 0/{n_seeds[g]} "
-                         "| — | — | — | — | — |")  # fmt: skip
+                         "| — | — | — | — | " + ("— | " if goal_col else "") + "— |")  # fmt: skip
             continue
         vals = [v for _, v in mine.values()]
         steps = sorted({t for t, _ in mine.values()})
         base = final.get((exp, "true", 0, ""), {})
         seeds = [s for s in mine if s in base and base[s][0] == mine[s][0]]
         ratio = norm = "—"
+        m_ratio: float | str = "pending"  # until the true-reward runs of the same seeds finish
         if seeds and method != "true":
             m, b = np.mean([mine[s][1] for s in seeds]), np.mean([base[s][1] for s in seeds])
+            m_ratio = m / b if b > 0 else "undefined (the true-reward return is ≤ 0)"
             ratio = f"{m / b:.2f}" if b > 0 else "—"
             rnd = randoms.get(exp)
             norm = f"{(m - rnd) / (b - rnd):.2f}" if rnd is not None and b != rnd else "—"
         wall_by_seed = {r["seed"]: r["wall_s"] for r in rows if _group(r) == g and r["seed"] in mine}  # the last
         wall = f"{np.mean(list(wall_by_seed.values())):.0f}"
+        goal = ""
+        if goal_col:
+            goal = "— | " if method == "true" else f"{_goal(grid.goals.get(exp, {}), m_ratio, float(np.mean(vals)))} | "
         lines.append(
             f"| {exp} | {env} | {_method(grid, g)} | {labels or '—'} | {sampler or '—'} | {len(mine)}/{n_seeds[g]} | "
             f"{'/'.join(_steps(t) for t in steps)} | {np.mean(vals):.1f} ± {np.std(vals):.1f} | {ratio} | {norm} | "
-            f"{wall} |"
+            f"{goal}{wall} |"
         )
     lines += ["", "Random policy: " + ", ".join(f"{e} {v:.1f}" for e, v in randoms.items()), ""]
+    if grid.notes:
+        lines += ["## Notes", ""]
+        lines += [grid.notes[""], ""] if "" in grid.notes else []
+        lines += [f"**{exp}**: {text}\n" for exp, text in grid.notes.items() if exp]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines))
     tmp.replace(path)
     return path
+
+
+def _goal(goal: dict[str, float], ratio: float | str, final: float) -> str:
+    """``met``/``missed`` for each goal the grid sets an experiment (``ratio`` says why when there is none)."""
+    parts = []
+    if "goal_ratio" in goal:
+        want = goal["goal_ratio"]
+        state = ratio if isinstance(ratio, str) else "met" if ratio >= want else "missed"
+        parts.append(f"ratio ≥ {want:g}: {state}")
+    if "goal_return" in goal:
+        want = goal["goal_return"]
+        parts.append(f"return ≥ {want:g}: " + ("met" if final >= want else "missed"))
+    return "; ".join(parts) or "—"
 
 
 def _method(grid: Grid, group: tuple[str, str, int, str]) -> str:

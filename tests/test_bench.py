@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import prefrl.loop as loop
-from prefrl.bench import RUNS_COLUMNS, load_grid, run_grid, write_summary
+from prefrl.bench import RUNS_COLUMNS, load_grid, run_grid, write_results, write_summary
 from prefrl.cli import main
 from prefrl.config import ConfigError, load_config, loads_config
 from prefrl.data import ComparisonStore
@@ -155,6 +155,33 @@ def test_a_checkout_with_only_the_results_skips_the_recorded_runs_and_keeps_thei
     assert report.ran == [gone.name] and report.finished == 8 and report.failed == {}
     assert (out / "finished" / f"{gone.name}.json").exists()
     assert (tmp_path / "runs" / gone.name / "checkpoint" / "final.json").exists()
+
+
+def test_the_summary_says_whether_each_goal_of_the_grid_is_met_and_carries_its_notes(pool, tmp_path):
+    text = SMOKE.read_text().replace('name = "smoke"', 'name = "smoke"\ngoal_ratio = 0\nnotes = "Why it went so."')
+    text = text.replace('experiment = "cartpole"', 'experiment = "cartpole"\ngoal_return = 1e9\nnotes = "Poles."')
+    (tmp_path / "goals.toml").write_text(text)
+    grid = load_grid(tmp_path / "goals.toml", runs_dir=pool.runs, out_dir=tmp_path / "out")
+    assert grid.goals == {"cartpole": {"goal_ratio": 0.0, "goal_return": 1e9}, "Pendulum-v1": {"goal_ratio": 0.0}}
+    write_results(grid)
+    lines = (tmp_path / "out" / "summary.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| experiment"))
+    assert header.endswith("| normalized | goal | mean wall s |")
+
+    def row(exp: str, method: str) -> str:
+        return next(line for line in lines if line.startswith(f"| {exp} |") and f"| {method} |" in line)
+
+    # CartPole's returns are positive: any ratio is ≥ 0, and no agent scores 10⁹.
+    assert "| ratio ≥ 0: met; return ≥ 1e+09: missed |" in row("cartpole", "prefrl")
+    assert "| — |" in row("cartpole", "PPO, true reward").split("| normalized")[0]
+    # Pendulum's true-reward returns are negative: no ratio, and the summary says why.
+    assert "| ratio ≥ 0: undefined (the true-reward return is ≤ 0) |" in row("Pendulum-v1", "prefrl")
+    assert all(line.count("|") == header.count("|") for line in lines if line.startswith("| "))
+    notes = lines[lines.index("## Notes") :]
+    assert "Why it went so." in notes and "**cartpole**: Poles." in notes
+    (tmp_path / "bad.toml").write_text(text.replace("goal_ratio = 0", 'goal_ratio = "0.9"'))
+    with pytest.raises(ConfigError, match=re.escape("'goal_ratio' must be float, got '0.9'")):
+        load_grid(tmp_path / "bad.toml", runs_dir=pool.runs, out_dir=tmp_path / "out")
 
 
 def test_every_grid_run_is_an_ordinary_run_directory(pool, capsys):
