@@ -409,6 +409,7 @@ def run_grid(
     def done(job: Job, error: BaseException | None) -> None:
         if error is None:
             view.write(f"{job.name}: true return {_read_final(job)['true_return']:.1f}")
+            write_records(grid, collect_rows(grid))  # at once: the record is what outlives the run directory
         else:
             failed[job.name] = f"{type(error).__name__}: {error}"
             view.write(f"{job.name}: FAILED ({failed[job.name]})")
