@@ -338,10 +338,14 @@ def test_cnn_on_stacked_frames():
 
     segs = [seg(i) for i in range(16)]
     comps = label(rng, segs, 24)
-    trainer = RewardTrainer(ens, lr=3e-3, val_fraction=0.0, batch_size=8)
+    trainer = RewardTrainer(ens, val_fraction=0.0, batch_size=8)  # the default learning rate
     first = trainer.fit(comps, {s.id: s for s in segs}, epochs=1)
-    last = trainer.fit(comps, {s.id: s for s in segs}, epochs=6)
-    assert last["reward/train_loss"] < first["reward/train_loss"]
+    # A loss measured a few steps in is noisy (the batch norms' running statistics, used when evaluating, lag
+    # the weights); twenty epochs settle them. Checked stable over ten seeds of data, nets and batches.
+    last = trainer.fit(comps, {s.id: s for s in segs}, epochs=20)
+    assert last["reward/train_loss"] < first["reward/train_loss"] / 2
+    fresh = [seg(100 + i) for i in range(16)]
+    assert heldout_accuracy(ens, fresh, label(rng, fresh, 60)) >= 0.9  # it ranks unseen frames by brightness
 
 
 def test_cnn_members_see_their_own_images():
