@@ -387,11 +387,20 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"config: no such experiment file '{path}'")
         try:
-            layers.append(tomllib.loads(path.read_text()))
+            data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config: {path} is not valid TOML ({e})") from None
+        layers.append(data)
     layers.extend(parse_override(o) for o in overrides)
     for layer in layers:
+        oracle = layer.get("oracle")
+        if isinstance(oracle, dict) and "overrides" in oracle:
+            # A run's saved config.toml, used as an experiment file: it spells out every oracle key, and lists
+            # which of them were set explicitly (the rest came from the teacher's preset and stay presets).
+            layer = {**layer, "oracle": {k: v for k, v in oracle.items() if k != "overrides"}}
+            _merge(cfg, layer, "", [])
+            explicit.extend(f"oracle.{k}" for k in oracle["overrides"])
+            continue
         _merge(cfg, layer, "", explicit)
     cfg.oracle.overrides = sorted({k.split(".", 1)[1] for k in explicit if k.startswith("oracle.")})
     _check_ranges(cfg)
@@ -404,11 +413,7 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any]) -> TrainConfig:
     """Inverse of :func:`to_dict` (a saved ``config.toml``)."""
-    data = {**data, "oracle": dict(data.get("oracle", {}))}
-    explicit = data["oracle"].pop("overrides", [])
-    cfg = load_config(base=data)
-    cfg.oracle.overrides = list(explicit)
-    return cfg
+    return load_config(base=data)
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:

@@ -75,3 +75,11 @@ def test_saved_config_round_trips(tmp_path):
     assert back == cfg
     save_config(cfg, tmp_path / "c.toml")
     assert "epsilon = 0.1" in (tmp_path / "c.toml").read_text()
+
+
+def test_a_runs_saved_config_is_an_experiment_file_for_a_variant(tmp_path):
+    cfg = load_config(None, ["oracle.teacher=equal", "oracle.epsilon=0.1", "seed=3"])
+    save_config(cfg, tmp_path / "config.toml")
+    assert load_config(tmp_path / "config.toml") == cfg  # the explicitly set oracle keys come back too
+    variant = load_config(tmp_path / "config.toml", ["agent.kwargs.ent_coef=0.01"])
+    assert variant.agent.kwargs["ent_coef"] == 0.01 and variant.oracle == cfg.oracle and variant.seed == 3
