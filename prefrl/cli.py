@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--policy", choices=["auto", "deterministic", "stochastic"],
                    help="how the policy acts (default: the run's eval_policy; auto samples on Atari only)")  # fmt: skip
+    p.add_argument("--reward-of", type=Path, metavar="RUN",
+                   help="also score each episode with this preference run's learned reward (default: the "
+                        "run's own, if any), e.g. a true-reward agent under another run's reward")  # fmt: skip
 
     p = sub.add_parser("plot", help="(re)draw a run's plots")
     p.add_argument("run", type=Path)
@@ -328,7 +331,7 @@ def _export(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import dataclasses as dc
 
-    from prefrl.loop import eval_deterministic, evaluate, make_eval_env, restore_normalization
+    from prefrl.loop import eval_deterministic, evaluate, load_reward, make_eval_env, restore_normalization
     from prefrl.make import make_agent
     from prefrl.run import RunDir
 
@@ -342,12 +345,27 @@ def _eval(args: argparse.Namespace) -> int:
     env = fresh.get_env() if cfg.agent.normalize else None  # a VecNormalize to hold the saved statistics
     agent = type(fresh).load(run.ckpt / "agent.zip", env=env, device=cfg.agent.device)
     restore_normalization(agent, run)
-    result = evaluate(agent, cfg)
+    reward_run = args.reward_of or (run.path if (run.ckpt / "reward.pt").exists() else None)
+    reward = None
+    if reward_run is not None:
+        other = RunDir(reward_run)
+        if (env_id := other.load_config().env.id) != cfg.env.id:
+            raise ConfigError(
+                f"--reward-of {reward_run}: its reward was learned on {env_id}, this run acts on {cfg.env.id}; "
+                "give a run of the same environment"
+            )
+        reward = load_reward(other)
+    result = evaluate(agent, cfg, reward=reward)
     print(
         f"{cfg.env.id}: true return {result['eval/true_return']:.2f} ± {result['eval/true_return_std']:.2f} "
         f"over {args.episodes} {'deterministic' if eval_deterministic(cfg) else 'sampled'} episodes "
         f"(mean length {result['eval/ep_len']:.1f})"
     )
+    if reward is not None:
+        print(
+            f"learned return under the reward of {reward_run}: {result['eval/learned_return']:.2f} ± "
+            f"{result['eval/learned_return_std']:.2f} (the normalized reward its agent was trained on)"
+        )
     return 0
 
 

@@ -59,20 +59,7 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
     buffer = SegmentBuffer(cfg.segments.buffer_size)
     venv = make_vec_env(cfg.env, seed=cfg.seed)
     record = RecordSegments(venv, length=T, buffer=buffer, env_id=cfg.env.id, state_fn=clip_state_fn(cfg))
-    try:
-        reward = RewardEnsemble(
-            record.observation_space,
-            record.action_space,
-            members=cfg.reward.members,
-            hidden=tuple(cfg.reward.hidden),
-            model=cfg.reward.model,
-            use_action={"auto": None, "yes": True, "no": False}[cfg.reward.use_action],
-            dropout=cfg.reward.dropout,
-            blank=cfg.reward.blank,
-            seed=cfg.seed,
-        )
-    except ValueError as e:  # a model that does not fit the env's spaces, a blanked region outside the frame
-        raise ConfigError(f"reward: {e}") from None
+    reward = make_reward(cfg, record)
     trainer = RewardTrainer(
         reward,
         lr=cfg.reward.lr,
@@ -326,28 +313,83 @@ def rollout_metrics(agent: Any, env: LearnedReward | None) -> dict[str, float]:
     return out
 
 
-def evaluate(agent: Any, cfg: TrainConfig) -> dict[str, float]:
-    """Mean true return of ``cfg.eval_episodes`` episodes on a fresh env (the policy acts as ``cfg.eval_policy``)."""
+def make_reward(cfg: TrainConfig, venv: VecEnv) -> RewardEnsemble:
+    """The reward ensemble ``cfg.reward`` describes, for ``venv``'s observations and actions (untrained)."""
+    try:
+        return RewardEnsemble(
+            venv.observation_space,
+            venv.action_space,
+            members=cfg.reward.members,
+            hidden=tuple(cfg.reward.hidden),
+            model=cfg.reward.model,
+            use_action={"auto": None, "yes": True, "no": False}[cfg.reward.use_action],
+            dropout=cfg.reward.dropout,
+            blank=cfg.reward.blank,
+            seed=cfg.seed,
+        )
+    except ValueError as e:  # a model that does not fit the env's spaces, a blanked region outside the frame
+        raise ConfigError(f"reward: {e}") from None
+
+
+def load_reward(run: RunDir) -> RewardEnsemble:
+    """A preference run's reward ensemble as of its last checkpoint, normalized as its agent saw it."""
+    cfg = run.load_config()
+    path = run.ckpt / "reward.pt"
+    if cfg.reward_source != "learned" or not path.exists():
+        raise FileNotFoundError(
+            f"{run.path}: no learned reward model (checkpoint/reward.pt); give a run that learns from "
+            "preferences and has trained a chunk"
+        )
+    venv = make_eval_env(cfg)
+    reward = make_reward(cfg, venv)
+    venv.close()
+    reward.load_state_dict(torch.load(path, weights_only=False)["reward"])
+    return reward.eval()
+
+
+def evaluate(agent: Any, cfg: TrainConfig, *, reward: RewardEnsemble | None = None) -> dict[str, float]:
+    """Mean true return of ``cfg.eval_episodes`` episodes on a fresh env (the policy acts as ``cfg.eval_policy``).
+
+    With ``reward``, also the return each episode earns under that learned reward (``eval/learned_return``):
+    whether a reward model ranks a behaviour above another one, say a true-reward agent's above the agent
+    trained on it, tells a reward that is wrong from one the agent failed to optimize.
+    """
     if cfg.eval_episodes <= 0:
         return {}
     venv = make_eval_env(cfg)
+    if reward is not None:
+        venv = LearnedReward(venv, reward)  # the learned reward of each step; the true return stays in the monitor
     norm = agent.get_vec_normalize_env()
     if norm is not None:  # the policy sees observations as it saw them in training; statistics frozen
         venv = VecNormalize(venv, training=False, norm_reward=False)
         venv.obs_rms = copy.deepcopy(norm.obs_rms)
+    running = np.zeros(venv.num_envs)
+    learned: list[float] = []
+
+    def add_learned(step: dict[str, Any], _globals: dict[str, Any]) -> None:
+        i = step["i"]
+        running[i] += step["reward"]
+        if step["done"] and "episode" in step["info"]:  # a whole game ends (not a lost life), as counted below
+            learned.append(float(running[i]))
+            running[i] = 0.0
+
     returns, lengths = evaluate_policy(
         agent,
         venv,
         n_eval_episodes=cfg.eval_episodes,
         deterministic=eval_deterministic(cfg),
         return_episode_rewards=True,
+        callback=add_learned if reward is not None else None,
     )
     venv.close()
-    return {
+    out = {
         "eval/true_return": float(np.mean(returns)),
         "eval/true_return_std": float(np.std(returns)),
         "eval/ep_len": float(np.mean(lengths)),
     }
+    if reward is not None:
+        out |= {"eval/learned_return": float(np.mean(learned)), "eval/learned_return_std": float(np.std(learned))}
+    return out
 
 
 def eval_deterministic(cfg: TrainConfig) -> bool:

@@ -1,6 +1,9 @@
+import dataclasses as dc
+
 import gymnasium as gym
 import numpy as np
 import pytest
+from stable_baselines3 import PPO
 
 import prefrl.loop as loop
 from prefrl.cli import main
@@ -69,7 +72,33 @@ def test_true_reward_baseline_and_cli_plots(tmp_path, capsys):
     for name in ("comparison.png", "returns.png", "labels.png", "segments.png"):
         assert (tmp_path / "q" / "plots" / name).stat().st_size > 5000
     assert main(["eval", str(tmp_path / "q"), "--episodes", "2"]) == 0
-    assert "true return" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "true return" in out and f"learned return under the reward of {tmp_path / 'q'}: " in out  # its own
+    # the true-reward agent scored by the preference run's reward, as `evaluate` scores it
+    assert main(["eval", str(tmp_path / "q" / "baseline"), "--episodes", "2", "--reward-of", str(tmp_path / "q")]) == 0
+    base = RunDir(tmp_path / "q" / "baseline")
+    agent = PPO.load(base.ckpt / "agent.zip")
+    want = loop.evaluate(
+        agent, dc.replace(base.load_config(), eval_episodes=2), reward=loop.load_reward(RunDir(tmp_path / "q"))
+    )
+    assert (
+        f"learned return under the reward of {tmp_path / 'q'}: {want['eval/learned_return']:.2f} ± "
+        in capsys.readouterr().out
+    )
+    assert main(["eval", str(tmp_path / "q"), "--reward-of", str(base.path)]) == 2  # a true-reward run has no model
+    assert "no learned reward model (checkpoint/reward.pt)" in capsys.readouterr().err
+
+
+def test_evaluation_scores_whole_episodes_with_a_given_learned_reward():
+    class Constant:  # pays 0.5 a step: an episode's learned return is half its length
+        def step_rewards(self, obs, actions):
+            return np.full((2, len(obs)), 0.5, np.float32)
+
+    cfg = load_config(None, ["eval_episodes=3", "eval_policy='stochastic'"])
+    agent = loop.make_agent(cfg.agent, loop.make_vec_env(cfg.env, seed=0), seed=0)
+    result = loop.evaluate(agent, cfg, reward=Constant())
+    assert result["eval/learned_return"] == pytest.approx(0.5 * result["eval/ep_len"])
+    assert result["eval/true_return"] == pytest.approx(result["eval/ep_len"])  # CartPole's own reward is still 1
 
 
 @pytest.mark.parametrize(
