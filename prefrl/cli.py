@@ -166,7 +166,10 @@ def _train(args: argparse.Namespace) -> int:
         base = train(base_cfg, RunDir(run.path / "baseline"), progress=not args.no_progress)
         print(f"prefrl: true-reward baseline: eval return {base.true_return:.1f}", file=sys.stderr)
     result = train(cfg, run, progress=not args.no_progress)
-    label = f"{cfg.agent.algo}, true reward" if cfg.reward_source == "true" else f"prefrl, {cfg.labels.total} labels"
+    label = {
+        "true": f"{cfg.agent.algo}, true reward",
+        "frozen": f"{cfg.agent.algo}, the reward {cfg.reward_from} learned",
+    }.get(cfg.reward_source, f"prefrl, {cfg.labels.total} labels")
     print(f"prefrl: {label}: eval return {result.true_return:.1f} after {result.timesteps} steps", file=sys.stderr)
     for path in _draw_plots(run, cfg):
         print(f"prefrl: wrote {path}", file=sys.stderr)

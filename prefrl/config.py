@@ -175,7 +175,11 @@ class TrainConfig:
     task: str = ""
     """What the labelers should reward, in one sentence (shown to people)."""
     reward_source: str = "learned"
-    """``learned`` (from preferences) or ``true`` (the env's reward, the RL baseline)."""
+    """``learned`` (from preferences), ``true`` (the env's reward, the RL baseline) or ``frozen`` (the final
+    learned reward of the run ``reward_from``, unchanged; no labels are asked)."""
+    reward_from: str = ""
+    """With ``reward_source = "frozen"``: the directory of a preference run. A fresh agent trained on its final
+    reward tells whether that reward, once learned, teaches the task (the usual test of a learned reward)."""
     total_timesteps: int = 100_000
     """Agent steps of the whole run, over all ``env.n_envs`` copies (on Atari, agent steps of 4 frames each)."""
     chunk_steps: int = 0
@@ -230,7 +234,7 @@ _CHOICES = {
     ("reward", "center"): ("auto", "absorbing", "mean"),
     ("labels", "sampler"): ("uniform", "disagreement", "entropy"),
     ("oracle", "kind"): ("synthetic", "replay", "human"),
-    ("reward_source",): ("learned", "true"),
+    ("reward_source",): ("learned", "true", "frozen"),
     ("eval_policy",): ("auto", "deterministic", "stochastic"),
 }
 
@@ -244,6 +248,11 @@ def _check_ranges(cfg: TrainConfig) -> None:
         value = _get(cfg, list(path))
         if value not in choices:
             raise ConfigError(f"config: {'.'.join(path)} = {value!r} is not one of {', '.join(choices)}")
+    need(
+        (cfg.reward_source == "frozen") == bool(cfg.reward_from),
+        "reward_from",
+        "goes with reward_source = 'frozen' and only with it: name the preference run whose reward to train on",
+    )
     need(cfg.total_timesteps > 0, "total_timesteps", "must be positive")
     need(cfg.chunk_steps >= 0, "chunk_steps", "must be ≥ 0")
     need(cfg.eval_episodes >= 0, "eval_episodes", "must be ≥ 0")

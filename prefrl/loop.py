@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from tqdm import tqdm
 
-from prefrl.config import ConfigError, OracleConfig, TrainConfig
+from prefrl.config import ConfigError, OracleConfig, TrainConfig, loads_config
 from prefrl.data import SKIP, TIE, ComparisonStore
 from prefrl.make import default_segment_length, env_kind, make_agent, make_vec_env, resolve_env_id
 from prefrl.oracles import Oracle, make_teacher
@@ -48,8 +49,8 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
     resuming = run.has_checkpoint()
     if not resuming:
         run.save_config(cfg)
-    if cfg.reward_source == "true":
-        return train_true_reward(cfg, run, progress=progress)
+    if cfg.reward_source in ("true", "frozen"):
+        return train_fixed_reward(cfg, run, progress=progress)
     check_config(cfg)
 
     # The pieces: env stack (true reward inside), segment recorder, reward ensemble, agent, label store.
@@ -148,10 +149,14 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
     return finish(run, agent.num_timesteps, final, counts["labels/total"])
 
 
-def train_true_reward(cfg: TrainConfig, run: RunDir, *, progress: bool = True) -> Result:
-    """The RL baseline: the same agent and chunks, on the environment's own reward."""
+def train_fixed_reward(cfg: TrainConfig, run: RunDir, *, progress: bool = True) -> Result:
+    """The same agent and chunks on a reward that does not change: the environment's own (the RL baseline), or
+    with ``reward_source = "frozen"`` the final learned reward of the run ``cfg.reward_from``."""
     torch.manual_seed(cfg.seed)
     venv = make_vec_env(cfg.env, seed=cfg.seed)
+    reward = freeze_reward(cfg, run) if cfg.reward_source == "frozen" else None
+    if reward is not None:
+        venv = LearnedReward(venv, reward)
     agent = make_agent(cfg.agent, venv, seed=cfg.seed)
     agent.set_logger(configure(None, []))
     log = run.metrics()
@@ -172,8 +177,8 @@ def train_true_reward(cfg: TrainConfig, run: RunDir, *, progress: bool = True) -
         row = {
             "timesteps": agent.num_timesteps,
             "wall_s": clock(),
-            **rollout_metrics(agent, None),
-            **evaluate_due(agent, cfg, since),
+            **rollout_metrics(agent, venv if reward is not None else None),
+            **evaluate_due(agent, cfg, since, reward=reward),
         }
         log.log(row)
         save_agent(agent, run)
@@ -181,7 +186,7 @@ def train_true_reward(cfg: TrainConfig, run: RunDir, *, progress: bool = True) -
         bar.update(agent.num_timesteps - bar.n)
         bar.set_postfix(_postfix(row), refresh=False)
     bar.close()
-    final = evaluate(agent, cfg)
+    final = evaluate(agent, cfg, reward=reward)
     log.log({"timesteps": agent.num_timesteps, "wall_s": clock(), **final})
     venv.close()
     return finish(run, agent.num_timesteps, final, 0)
@@ -340,11 +345,35 @@ def load_reward(run: RunDir) -> RewardEnsemble:
             f"{run.path}: no learned reward model (checkpoint/reward.pt); give a run that learns from "
             "preferences and has trained a chunk"
         )
+    return _reward_from(cfg, path)
+
+
+def _reward_from(cfg: TrainConfig, path: Path) -> RewardEnsemble:
     venv = make_eval_env(cfg)
     reward = make_reward(cfg, venv)
     venv.close()
     reward.load_state_dict(torch.load(path, weights_only=False)["reward"])
     return reward.eval()
+
+
+def freeze_reward(cfg: TrainConfig, run: RunDir) -> RewardEnsemble:
+    """The reward of the run ``cfg.reward_from``, copied into ``run`` when it starts, so that the run resumes
+    on the same reward even if the other one trains on or is deleted."""
+    model, model_cfg = run.ckpt / "frozen_reward.pt", run.ckpt / "frozen_reward.toml"
+    if not model.exists():
+        source = RunDir(cfg.reward_from)
+        source_cfg = source.load_config()
+        if source_cfg.env.id != cfg.env.id:
+            raise ConfigError(
+                f"reward_from = {cfg.reward_from!r} learned its reward on {source_cfg.env.id}, this run acts on "
+                f"{cfg.env.id}; name a run of the same environment"
+            )
+        load_reward(source)  # refuses a run without a learned reward
+        run.ckpt.mkdir(parents=True, exist_ok=True)
+        model_cfg.write_text(source.config_path.read_text())
+        shutil.copyfile(source.ckpt / "reward.pt", model.with_suffix(".tmp"))
+        model.with_suffix(".tmp").replace(model)
+    return _reward_from(loads_config(model_cfg.read_text()), model)
 
 
 def evaluate(agent: Any, cfg: TrainConfig, *, reward: RewardEnsemble | None = None) -> dict[str, float]:
@@ -399,13 +428,13 @@ def eval_deterministic(cfg: TrainConfig) -> bool:
     return cfg.eval_policy == "deterministic"
 
 
-def evaluate_due(agent: Any, cfg: TrainConfig, since: int) -> dict[str, float]:
+def evaluate_due(agent: Any, cfg: TrainConfig, since: int, *, reward: RewardEnsemble | None = None) -> dict[str, float]:
     """The periodic evaluation, when the last chunk (from step ``since``) crossed a multiple of ``cfg.eval_every``;
     the end of the run has its own."""
     every, t = cfg.eval_every, agent.num_timesteps
     if every <= 0 or t >= cfg.total_timesteps or t // every == since // every:
         return {}
-    return evaluate(agent, cfg)
+    return evaluate(agent, cfg, reward=reward)
 
 
 def write_segment_scatter(run: RunDir, reward: RewardEnsemble, buffer: SegmentBuffer, n: int = 500) -> None:

@@ -231,3 +231,62 @@ def test_auto_evaluation_samples_actions_on_atari_only(env_id, policy, determini
 def test_an_unknown_eval_policy_is_refused_with_the_choices():
     with pytest.raises(ConfigError, match="eval_policy = 'greedy' is not one of auto, deterministic, stochastic"):
         load_config(None, ["eval_policy='greedy'"])
+
+
+def test_a_fresh_agent_trains_on_a_frozen_learned_reward_and_resumes_without_its_source(tmp_path, monkeypatch):
+    import shutil
+
+    source = RunDir(tmp_path / "pref")
+    loop.train(load_config(None, TINY), source, progress=False)
+    frozen_sets = ["reward_source='frozen'", f"reward_from='{source.path}'", "total_timesteps=4096", "eval_every=2048"]
+    cfg = load_config(None, [*TINY, *frozen_sets])
+    run = RunDir(tmp_path / "frozen")
+    real_checkpoint = loop.save_agent
+    calls = {"n": 0}
+
+    def crash_after_two(*args, **kwargs):
+        real_checkpoint(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed after two chunks
+
+    monkeypatch.setattr(loop, "save_agent", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, run, progress=False)
+    monkeypatch.setattr(loop, "save_agent", real_checkpoint)
+    # the agent's reward is the source's final one, and the run keeps its own copy of it
+    want = loop.load_reward(source)
+    shutil.rmtree(source.path)
+    result = loop.train(run.load_config(), run, progress=False)
+    assert result.labels == 0 and result.timesteps >= 4096 and not run.labels_path.exists()
+    got = loop.freeze_reward(run.load_config(), run)
+    obs = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    acts = np.arange(16) % 2
+    np.testing.assert_array_equal(got.step_rewards(obs, acts), want.step_rewards(obs, acts))
+    rows = run.metrics().rows
+    assert all(np.isfinite(float(r["rollout/predicted_return"])) for r in rows if r.get("rollout/ep_len"))
+    learned = [float(r["eval/learned_return"]) for r in rows if r.get("eval/learned_return")]
+    assert len(learned) == 2 and all(np.isfinite(learned))  # at 2048 steps and at the end
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["reward_source='frozen'"], "reward_from = '' goes with reward_source = 'frozen' and only with it"),
+        (["reward_from='runs/x'"], "reward_from = 'runs/x' goes with reward_source = 'frozen' and only with it"),
+    ],
+)
+def test_a_frozen_reward_needs_its_run_and_only_then(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, sets)
+
+
+def test_a_frozen_reward_from_another_environment_or_a_true_reward_run_is_refused(tmp_path):
+    true_run = RunDir(tmp_path / "true")
+    loop.train(load_config(None, [*TINY, "reward_source='true'", "total_timesteps=1024"]), true_run, progress=False)
+    frozen = ["reward_source='frozen'", f"reward_from='{true_run.path}'"]
+    with pytest.raises(FileNotFoundError, match="no learned reward model"):
+        loop.train(load_config(None, [*TINY, *frozen]), RunDir(tmp_path / "a"), progress=False)
+    other_env = load_config(None, [*TINY, *frozen, "env.id='Acrobot-v1'"])
+    with pytest.raises(ConfigError, match="learned its reward on CartPole-v1, this run acts on Acrobot-v1"):
+        loop.train(other_env, RunDir(tmp_path / "b"), progress=False)
