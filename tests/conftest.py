@@ -82,3 +82,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def kill_after(monkeypatch):
+    """``kill_after(module, name, n)``: ``module.name`` runs as usual but raises ``KeyboardInterrupt`` right after
+    its ``n``-th call (a run killed just after a checkpoint); returns the original, to put back."""
+
+    def arm(module, name: str, n: int):
+        real = getattr(module, name)
+        calls = {"n": 0}
+
+        def killed(*args, **kwargs):
+            out = real(*args, **kwargs)
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return out
+
+        monkeypatch.setattr(module, name, killed)
+        return real
+
+    return arm

@@ -195,19 +195,10 @@ TINY = [
 ]
 
 
-def test_a_tiny_pong_run_checkpoints_and_resumes_with_its_labels(tmp_path, monkeypatch):
+def test_a_tiny_pong_run_checkpoints_and_resumes_with_its_labels(tmp_path, monkeypatch, kill_after):
     cfg = load_config(EXPERIMENT, TINY)
     run = RunDir(tmp_path / "run")
-    real_checkpoint = loop.checkpoint
-    calls = {"n": 0}
-
-    def crash_after_the_first_chunk(*args, **kwargs):
-        real_checkpoint(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "checkpoint", crash_after_the_first_chunk)
+    real_checkpoint = kill_after(loop, "checkpoint", 2)  # killed after the first chunk's checkpoint
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg, run, progress=False)
     before = {c.query_id: c for c in ComparisonStore(run.labels_path).comparisons()}

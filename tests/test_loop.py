@@ -34,19 +34,10 @@ def test_tiny_cartpole_run_beats_a_random_policy(tmp_path):
     assert (run.path / "segments.csv").exists() and (run.ckpt / "state.json").exists()
 
 
-def test_killed_run_resumes_with_every_label_it_paid_for(tmp_path, monkeypatch):
+def test_killed_run_resumes_with_every_label_it_paid_for(tmp_path, monkeypatch, kill_after):
     cfg = load_config(None, TINY)
     run = RunDir(tmp_path / "run")
-    real_checkpoint = loop.checkpoint
-    calls = {"n": 0}
-
-    def crash_after_two(*args, **kwargs):
-        real_checkpoint(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt  # killed right after the third checkpoint
-
-    monkeypatch.setattr(loop, "checkpoint", crash_after_two)
+    real_checkpoint = kill_after(loop, "checkpoint", 3)  # killed right after the third checkpoint
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg, run, progress=False)
     before = {c.query_id: c for c in ComparisonStore(run.labels_path).comparisons()}
@@ -233,7 +224,9 @@ def test_an_unknown_eval_policy_is_refused_with_the_choices():
         load_config(None, ["eval_policy='greedy'"])
 
 
-def test_a_fresh_agent_trains_on_a_frozen_learned_reward_and_resumes_without_its_source(tmp_path, monkeypatch):
+def test_a_fresh_agent_trains_on_a_frozen_learned_reward_and_resumes_without_its_source(
+    tmp_path, monkeypatch, kill_after
+):
     import shutil
 
     source = RunDir(tmp_path / "pref")
@@ -241,19 +234,10 @@ def test_a_fresh_agent_trains_on_a_frozen_learned_reward_and_resumes_without_its
     frozen_sets = ["reward_source='frozen'", f"reward_from='{source.path}'", "total_timesteps=4096", "eval_every=2048"]
     cfg = load_config(None, [*TINY, *frozen_sets])
     run = RunDir(tmp_path / "frozen")
-    real_checkpoint = loop.save_agent
-    calls = {"n": 0}
-
-    def crash_after_two(*args, **kwargs):
-        real_checkpoint(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # killed after two chunks
-
-    monkeypatch.setattr(loop, "save_agent", crash_after_two)
+    real_save = kill_after(loop, "save_agent", 2)  # killed after two chunks
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg, run, progress=False)
-    monkeypatch.setattr(loop, "save_agent", real_checkpoint)
+    monkeypatch.setattr(loop, "save_agent", real_save)
     # the agent's reward is the source's final one, and the run keeps its own copy of it
     want = loop.load_reward(source)
     shutil.rmtree(source.path)
