@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reward-of", type=Path, metavar="RUN",
                    help="also score each episode with this preference run's learned reward (default: the "
                         "run's own, if any), e.g. a true-reward agent under another run's reward")  # fmt: skip
+    p.add_argument("--labels", type=int, metavar="N",
+                   help="score with that run's reward fit afresh to its first N labels instead of its final one: "
+                        "what it paid for earlier in the run")  # fmt: skip
 
     p = sub.add_parser("plot", help="(re)draw a run's plots")
     p.add_argument("run", type=Path)
@@ -334,7 +337,14 @@ def _export(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import dataclasses as dc
 
-    from prefrl.loop import eval_deterministic, evaluate, load_reward, make_eval_env, restore_normalization
+    from prefrl.loop import (
+        eval_deterministic,
+        evaluate,
+        load_reward,
+        make_eval_env,
+        refit_reward,
+        restore_normalization,
+    )
     from prefrl.make import make_agent
     from prefrl.run import RunDir
 
@@ -357,7 +367,11 @@ def _eval(args: argparse.Namespace) -> int:
                 f"--reward-of {reward_run}: its reward was learned on {env_id}, this run acts on {cfg.env.id}; "
                 "give a run of the same environment"
             )
-        reward = load_reward(other)
+        reward = load_reward(other) if args.labels is None else refit_reward(other, args.labels)
+    elif args.labels is not None:
+        raise ConfigError(
+            f"--labels {args.labels}: {run.path} learns no reward; name a preference run with --reward-of"
+        )
     result = evaluate(agent, cfg, reward=reward)
     print(
         f"{cfg.env.id}: true return {result['eval/true_return']:.2f} ± {result['eval/true_return_std']:.2f} "
@@ -365,8 +379,11 @@ def _eval(args: argparse.Namespace) -> int:
         f"(mean length {result['eval/ep_len']:.1f})"
     )
     if reward is not None:
+        which = f"the reward of {reward_run}" + (
+            "" if args.labels is None else f" refit to its first {args.labels} labels"
+        )
         print(
-            f"learned return under the reward of {reward_run}: {result['eval/learned_return']:.2f} ± "
+            f"learned return under {which}: {result['eval/learned_return']:.2f} ± "
             f"{result['eval/learned_return_std']:.2f} (the normalized reward its agent was trained on)"
         )
     return 0

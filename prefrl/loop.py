@@ -23,7 +23,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from tqdm import tqdm
 
 from prefrl.config import ConfigError, OracleConfig, TrainConfig, loads_config
-from prefrl.data import SKIP, TIE, ComparisonStore
+from prefrl.data import SKIP, TIE, ComparisonStore, Segment
 from prefrl.make import default_segment_length, env_kind, make_agent, make_vec_env, resolve_env_id
 from prefrl.oracles import Oracle, make_teacher
 from prefrl.reward import RewardEnsemble, RewardTrainer
@@ -61,16 +61,7 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
     venv = make_vec_env(cfg.env, seed=cfg.seed)
     record = RecordSegments(venv, length=T, buffer=buffer, env_id=cfg.env.id, state_fn=clip_state_fn(cfg))
     reward = make_reward(cfg, record)
-    trainer = RewardTrainer(
-        reward,
-        lr=cfg.reward.lr,
-        batch_size=cfg.reward.batch_size,
-        epsilon=cfg.reward.epsilon,
-        val_fraction=cfg.reward.val_fraction,
-        l2=cfg.reward.l2,
-        l2_bounds=tuple(cfg.reward.l2_bounds),
-        seed=cfg.seed,
-    )
+    trainer = make_trainer(cfg, reward)
     env = LearnedReward(record, reward)
     agent = make_agent(cfg.agent, env, seed=cfg.seed)
     agent.set_logger(configure(None, []))
@@ -294,11 +285,17 @@ def normalize(
     reward: RewardEnsemble, buffer: SegmentBuffer, *, center: str, std: float = 1.0, rng: np.random.Generator
 ) -> None:
     """Rescale each member to spread ``std`` over recent real steps; pin the absorbing state at 0 when episodes end."""
-    segs = buffer.recent(1000)
+    normalize_on(reward, buffer.recent(1000), center=center, std=std, rng=rng)
+
+
+def normalize_on(
+    reward: RewardEnsemble, segs: list[Segment], *, center: str, std: float = 1.0, rng: np.random.Generator
+) -> None:
+    """:func:`normalize` on the real steps of ``segs``."""
     if not segs:
         return
     if center == "auto":
-        center = "absorbing" if buffer.any_terminated else "mean"
+        center = "absorbing" if any(s.terminated for s in segs) else "mean"
     obs = np.concatenate([s.obs[: s.length] for s in segs])
     act = np.concatenate([s.actions[: s.length] for s in segs])
     if len(obs) > 20_000:
@@ -334,6 +331,45 @@ def make_reward(cfg: TrainConfig, venv: VecEnv) -> RewardEnsemble:
         )
     except ValueError as e:  # a model that does not fit the env's spaces, a blanked region outside the frame
         raise ConfigError(f"reward: {e}") from None
+
+
+def make_trainer(cfg: TrainConfig, reward: RewardEnsemble) -> RewardTrainer:
+    """The trainer ``cfg.reward`` describes, for ``reward``."""
+    return RewardTrainer(
+        reward,
+        lr=cfg.reward.lr,
+        batch_size=cfg.reward.batch_size,
+        epsilon=cfg.reward.epsilon,
+        val_fraction=cfg.reward.val_fraction,
+        l2=cfg.reward.l2,
+        l2_bounds=tuple(cfg.reward.l2_bounds),
+        seed=cfg.seed,
+    )
+
+
+def refit_reward(run: RunDir, labels: int) -> RewardEnsemble:
+    """A preference run's reward fit afresh to its first ``labels`` answers (``reward.initial_epochs`` epochs) and
+    normalized on the segments they compare: near enough the reward the run's agent had when that many were in,
+    to ask what it paid for then (``prefrl eval AGENT_RUN --reward-of RUN --labels N``)."""
+    cfg = run.load_config()
+    if cfg.reward_source != "learned" or not run.labels_path.exists():
+        raise FileNotFoundError(
+            f"{run.path}: no labels ({run.labels_path.name}); give a run that learns from preferences"
+        )
+    with ComparisonStore(run.labels_path) as store:
+        answers = store.comparisons()
+        if not 1 <= labels <= len(answers):
+            raise ConfigError(f"--labels {labels}: {run.path} has {len(answers)} answers; give 1 to {len(answers)}")
+        first = [c for c in answers[:labels] if c.label != SKIP]
+        segments = store.segments(i for c in first for i in c.segment_ids)
+    torch.manual_seed(cfg.seed)
+    venv = make_eval_env(cfg)
+    reward = make_reward(cfg, venv)
+    venv.close()
+    make_trainer(cfg, reward).fit(first, segments, epochs=cfg.reward.initial_epochs, min_steps=cfg.reward.min_steps)
+    rng = np.random.default_rng(cfg.seed)
+    normalize_on(reward, list(segments.values()), center=cfg.reward.center, std=cfg.reward.std, rng=rng)
+    return reward.eval()
 
 
 def load_reward(run: RunDir) -> RewardEnsemble:

@@ -79,6 +79,27 @@ def test_true_reward_baseline_and_cli_plots(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "q"), "--reward-of", str(base.path)]) == 2  # a true-reward run has no model
     assert "no learned reward model (checkpoint/reward.pt)" in capsys.readouterr().err
 
+    # The reward as it stood after the first 8 labels, fit afresh to them: it ranks those 8 as they were answered.
+    pref = RunDir(tmp_path / "q")
+    early = loop.refit_reward(pref, 8)
+    with ComparisonStore(pref.labels_path) as store:
+        first = [c for c in store.comparisons()[:8] if c.label in (0, 1)]
+        segs = store.segments(i for c in first for i in c.segment_ids)
+
+    def score(i: int) -> float:
+        s = segs[i]
+        return float(early.step_rewards(s.obs[: s.length], s.actions[: s.length]).mean(0).sum())
+
+    assert len(first) >= 6
+    right = [score(c.segment_ids[c.label]) > score(c.segment_ids[1 - c.label]) for c in first]
+    assert sum(right) >= len(first) - 1
+    assert main(["eval", str(base.path), "--episodes", "2", "--reward-of", str(pref.path), "--labels", "8"]) == 0
+    assert f"learned return under the reward of {pref.path} refit to its first 8 labels: " in capsys.readouterr().out
+    assert main(["eval", str(base.path), "--reward-of", str(pref.path), "--labels", "0"]) == 2
+    assert "--labels 0: " in (err := capsys.readouterr().err) and "has 24 answers; give 1 to 24" in err
+    assert main(["eval", str(base.path), "--labels", "8"]) == 2  # the baseline has no reward of its own
+    assert "learns no reward; name a preference run with --reward-of" in capsys.readouterr().err
+
 
 def test_evaluation_scores_whole_episodes_with_a_given_learned_reward():
     class Constant:  # pays 0.5 a step: an episode's learned return is half its length
