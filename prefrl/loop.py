@@ -284,14 +284,17 @@ def wait_for_oracle(oracle: Oracle, labels: ComparisonStore, *, max_pending: int
 def normalize(
     reward: RewardEnsemble, buffer: SegmentBuffer, *, center: str, std: float = 1.0, rng: np.random.Generator
 ) -> None:
-    """Rescale each member to spread ``std`` over recent real steps; pin the absorbing state at 0 when episodes end."""
+    """Rescale each member to spread ``std`` over recent real steps; pin the absorbing state at 0 when episodes end
+    (any segment in the buffer ended one, not only the recent ones)."""
+    if center == "auto":
+        center = "absorbing" if buffer.any_terminated else "mean"
     normalize_on(reward, buffer.recent(1000), center=center, std=std, rng=rng)
 
 
 def normalize_on(
     reward: RewardEnsemble, segs: list[Segment], *, center: str, std: float = 1.0, rng: np.random.Generator
 ) -> None:
-    """:func:`normalize` on the real steps of ``segs``."""
+    """:func:`normalize` on the real steps of ``segs``; ``center="auto"``: absorbing if one of them ended an episode."""
     if not segs:
         return
     if center == "auto":
