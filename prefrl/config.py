@@ -67,6 +67,11 @@ class RewardConfig:
     """``yes``, ``no`` or ``auto`` (yes for mlp, no for cnn, as in the paper)."""
     dropout: float = 0.5
     """Dropout probability on the ``cnn`` model's convolutional layers (the ``mlp`` model has none)."""
+    standardize_inputs: bool = False
+    """``mlp`` model: feed each input (observation and action feature) as ``(x - mean) / std``, with the mean and
+    std over the steps of the segments the first fit compares (random play, before RL), fixed for the run. Under
+    the L2 penalty a feature with a narrow range (a robot's height, a joint angle) otherwise costs large weights
+    to use, next to wide-ranging velocities."""
     lr: float = 1e-3
     """Adam learning rate of the reward networks."""
     batch_size: int = 64

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,8 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
         comparisons = labels.comparisons(last=cfg.reward.max_labels or None)
         if any(c.label != SKIP for c in comparisons):
             segments = labels.segments(i for c in comparisons for i in c.segment_ids)
+            if wait and reward.standardize:  # the first fit: the inputs' statistics, fixed from here on
+                standardize_on(reward, segments.values())
             metrics |= trainer.fit(comparisons, segments, epochs=epochs, min_steps=cfg.reward.min_steps)
             normalize(reward, buffer, center=cfg.reward.center, std=cfg.reward.std, rng=rng)
         return metrics
@@ -330,10 +333,18 @@ def make_reward(cfg: TrainConfig, venv: VecEnv) -> RewardEnsemble:
             use_action={"auto": None, "yes": True, "no": False}[cfg.reward.use_action],
             dropout=cfg.reward.dropout,
             blank=cfg.reward.blank,
+            standardize=cfg.reward.standardize_inputs,
             seed=cfg.seed,
         )
     except ValueError as e:  # a model that does not fit the env's spaces, a blanked region outside the frame
         raise ConfigError(f"reward: {e}") from None
+
+
+def standardize_on(reward: RewardEnsemble, segs: Iterable[Segment]) -> None:
+    """Standardize the reward model's inputs with the statistics of the real steps of ``segs``."""
+    segs = list(segs)
+    obs = np.concatenate([s.obs[: s.length] for s in segs])
+    reward.set_input_normalization(obs, np.concatenate([s.actions[: s.length] for s in segs]))
 
 
 def make_trainer(cfg: TrainConfig, reward: RewardEnsemble) -> RewardTrainer:
@@ -369,6 +380,8 @@ def refit_reward(run: RunDir, labels: int) -> RewardEnsemble:
     venv = make_eval_env(cfg)
     reward = make_reward(cfg, venv)
     venv.close()
+    if reward.standardize:
+        standardize_on(reward, segments.values())
     make_trainer(cfg, reward).fit(first, segments, epochs=cfg.reward.initial_epochs, min_steps=cfg.reward.min_steps)
     rng = np.random.default_rng(cfg.seed)
     normalize_on(reward, list(segments.values()), center=cfg.reward.center, std=cfg.reward.std, rng=rng)

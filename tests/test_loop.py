@@ -131,6 +131,30 @@ def test_bad_input_one_line_and_exit_2(tmp_path, capsys, args, message):
     assert message in err[-1] and err[-1].startswith("prefrl: error:")
 
 
+def test_standardized_inputs_are_fixed_by_the_first_fit(tmp_path):
+    run = RunDir(tmp_path / "run")
+    loop.train(load_config(None, [*TINY, "reward.standardize_inputs=true"]), run, progress=False)
+    n_first = int(run.metrics().rows[0]["labels/total"])  # asked about random play before RL
+
+    def steps_of(comparisons, store):
+        segs = store.segments(i for c in comparisons for i in c.segment_ids).values()
+        obs = np.concatenate([s.obs[: s.length] for s in segs])
+        onehot = np.eye(2, dtype=np.float32)[np.concatenate([s.actions[: s.length] for s in segs])]
+        return np.concatenate([obs, onehot], axis=1)  # CartPole: 4 observations and a one-hot of 2 actions
+
+    with ComparisonStore(run.labels_path) as store:
+        answers = store.comparisons()
+        first, every = steps_of(answers[:n_first], store), steps_of(answers, store)
+    assert n_first < len(answers) == 24
+    reward = loop.load_reward(run)  # after the last fit: still the first fit's statistics
+    np.testing.assert_allclose(reward.in_shift.numpy(), first.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(reward.in_scale.numpy(), first.std(0), rtol=1e-4)
+    refit = loop.refit_reward(run, len(answers))  # fit afresh: the statistics of the labels it is fit to
+    assert refit.standardize
+    np.testing.assert_allclose(refit.in_shift.numpy(), every.mean(0), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(refit.in_scale.numpy(), reward.in_scale.numpy())
+
+
 def test_resume_of_a_non_run_is_refused(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err

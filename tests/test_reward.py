@@ -225,6 +225,59 @@ def test_absorbing_state_makes_survival_rewarding():
     assert (r.mean(1) > 0).all() and (r > 0).mean() > 0.9
 
 
+def test_standardized_inputs_are_the_same_net_on_rescaled_features_and_load_from_older_models():
+    rng = np.random.default_rng(3)
+    spread, level = [0.05, 1.0, 0.0, 8.0], [1.2, 0.0, 3.0, 0.0]  # the third feature is constant
+    obs = (rng.normal(size=(400, 4)) * spread + level).astype(np.float32)
+    act = rng.uniform(-1, 1, (400, 1)).astype(np.float32)
+    ens = RewardEnsemble(BOX4, BOX1, members=2, standardize=True, seed=5)
+    plain = RewardEnsemble(BOX4, BOX1, members=2, seed=5)  # same weights, raw inputs
+    np.testing.assert_array_equal(ens.step_rewards(obs, act), plain.step_rewards(obs, act))  # identity until set
+    ens.set_input_normalization(obs, act)
+    x = np.concatenate([obs, act], 1)
+    np.testing.assert_allclose(ens.in_shift.numpy(), x.mean(0), atol=1e-5)
+    want_scale = x.std(0)
+    want_scale[2] = 1.0  # constant over the sample: kept as it is
+    np.testing.assert_allclose(ens.in_scale.numpy(), want_scale, rtol=1e-4)
+    z = ((x - x.mean(0)) / want_scale).astype(np.float32)
+    np.testing.assert_allclose(ens.step_rewards(obs, act), plain.step_rewards(z[:, :4], z[:, 4:]), atol=1e-5)
+    np.testing.assert_allclose(ens.step_rewards(obs, act), ens.step_rewards(obs, act, fast=False), atol=1e-5)
+
+    clone = RewardEnsemble(BOX4, BOX1, members=2, standardize=True, seed=9)
+    clone.load_state_dict(ens.state_dict())
+    np.testing.assert_array_equal(clone.step_rewards(obs, act), ens.step_rewards(obs, act))
+    older = {k: v for k, v in plain.state_dict().items() if k not in ("in_shift", "in_scale")}
+    clone.load_state_dict(older)  # saved before inputs could be standardized: identity
+    np.testing.assert_array_equal(clone.step_rewards(obs, act), plain.step_rewards(obs, act))
+
+    with pytest.raises(ValueError, match="standardize=False"):
+        plain.set_input_normalization(obs, act)
+    with pytest.raises(ValueError, match="at least 2 steps"):
+        ens.set_input_normalization(obs[:1], act[:1])
+    with pytest.raises(ValueError, match="cnn normalizes with batch norm"):
+        RewardEnsemble(gym.spaces.Box(0, 255, (4, 84, 84), np.uint8), gym.spaces.Discrete(6), standardize=True)
+
+
+def test_standardized_inputs_let_a_narrow_feature_carry_the_reward():
+    """The reward is a feature with a narrow range beside wide irrelevant ones (a walker's height beside its
+    joint velocities): on raw inputs the nets fit the wide ones; standardized, they find the narrow one."""
+    rng = np.random.default_rng(0)
+    spread = np.array([0.05, 5.0, 5.0, 5.0], np.float32)
+    segs = make_segments(rng, 200, 10, lambda o, a: o[:, 0])  # the ranking is that of the unscaled feature
+    segs = [Segment(s.id, s.obs * spread, s.actions, s.true_rewards, s.length, s.terminated, "test") for s in segs]
+    train, test = segs[:100], segs[100:]
+    comps, test_comps = label(rng, train, 150), label(rng, test, 500)
+    acc = {}
+    for standardize in (False, True):
+        ens = RewardEnsemble(BOX4, BOX1, members=3, standardize=standardize, seed=0)
+        if standardize:
+            steps = [np.concatenate([getattr(s, f) for s in train]) for f in ("obs", "actions")]
+            ens.set_input_normalization(*steps)
+        RewardTrainer(ens, seed=0).fit(comps, {s.id: s for s in train}, epochs=30)
+        acc[standardize] = heldout_accuracy(ens, test, test_comps)
+    assert acc[True] > 0.9 and acc[False] < 0.7, acc
+
+
 def test_members_train_on_different_bootstrap_resamples():
     rng = np.random.default_rng(2)
     segs = make_segments(rng, 60, 10, lambda o, a: o[:, 1])

@@ -55,6 +55,8 @@ class RewardEnsemble(nn.Module):
         dropout: dropout probability on the CNN's conv layers.
         blank: rectangles ``[top, bottom, left, right]`` of image frames the model sees as zeros (e.g. an Atari
             game's score, which would give the reward away); the agent's own observations are not touched.
+        standardize: (mlp) feed each input feature as ``(x - mean) / std``, with the mean and std that
+            :meth:`set_input_normalization` takes from a sample of steps (identity until then).
         seed: seeds the initial weights.
     """
 
@@ -69,6 +71,7 @@ class RewardEnsemble(nn.Module):
         use_action: bool | None = None,
         dropout: float = 0.5,
         blank: Sequence[Sequence[int]] = (),
+        standardize: bool = False,
         seed: int = 0,
     ):
         super().__init__()
@@ -88,8 +91,14 @@ class RewardEnsemble(nn.Module):
         self.model = model
         self.use_action = (model == "mlp") if use_action is None else bool(use_action)
         self.act_encoder = SpaceEncoder.of(action_space, role="action") if self.use_action else None
+        if standardize and model != "mlp":
+            raise ValueError("standardize applies to the mlp model's inputs; the cnn normalizes with batch norm")
+        self.standardize = standardize
         self.members = members
         d_act = self.act_encoder.dim if self.act_encoder else 0
+        if model == "mlp":  # the standardization of the net's inputs; identity until set_input_normalization
+            self.register_buffer("in_shift", torch.zeros(self.obs_encoder.dim + d_act))
+            self.register_buffer("in_scale", torch.ones(self.obs_encoder.dim + d_act))
         g = torch.Generator().manual_seed(seed)
         if model == "mlp":
             self.net: nn.Module = EnsembleMLP(members, self.obs_encoder.dim + d_act, tuple(hidden), generator=g)
@@ -107,9 +116,38 @@ class RewardEnsemble(nn.Module):
         self._np_key = None
         return out
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A model saved before its inputs could be standardized loads with the identity standardization.
+        for name, fill in (("in_shift", torch.zeros_like), ("in_scale", torch.ones_like)):
+            if hasattr(self, name) and prefix + name not in state_dict:
+                state_dict[prefix + name] = fill(getattr(self, name))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # -- features -----------------------------------------------------------------------------
+    def set_input_normalization(self, obs: np.ndarray, actions: np.ndarray | None) -> None:
+        """With ``standardize``: take each mlp input's mean and std from a sample of steps ``(N, *obs_shape)``,
+        ``(N, *act_shape)``. A feature constant over the sample keeps its scale (std 1)."""
+        if not self.standardize:
+            raise ValueError("this reward model does not standardize its inputs (standardize=False)")
+        if len(obs) < 2:
+            raise ValueError(f"set_input_normalization needs at least 2 steps, got {len(obs)}")
+        x = self._raw_features(obs, actions)[0].astype(np.float64)
+        mean, std = x.mean(0), x.std(0)
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+            raise FloatingPointError("observations or actions have NaN/inf values; cannot standardize the inputs")
+        self.in_shift.copy_(torch.from_numpy(mean))
+        self.in_scale.copy_(torch.from_numpy(np.where(std > 1e-6, std, 1.0)))
+
     def _np_features(self, obs: np.ndarray, actions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Steps -> ``(N, d)`` float32 (mlp) or ``((N, C, H, W) uint8, (N, d_act) | None)`` (cnn)."""
+        """Steps -> ``(N, d)`` float32 (mlp, standardized if ``standardize``) or
+        ``((N, C, H, W) uint8, (N, d_act) | None)`` (cnn)."""
+        x, a = self._raw_features(obs, actions)
+        if self.standardize:
+            x = (x - self.in_shift.numpy()) / self.in_scale.numpy()
+            x = x.astype(np.float32, copy=False)
+        return x, a
+
+    def _raw_features(self, obs: np.ndarray, actions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         x = self.obs_encoder(obs)
         if self.model == "mlp" and self.obs_encoder.kind == "image":
             x = x.reshape(len(x), -1).astype(np.float32) / 255.0
