@@ -33,6 +33,12 @@ labels = [700, 1400]                  # any of the keys above, for this experime
 [[experiments]]
 env = "CartPole-v1"                   # or an env id with the default config
 set = ["env.n_envs=8"]
+
+[[experiments]]
+experiment = "hopper"                 # a variant of the preference runs (an ablation) ...
+name = "hopper-standardized"
+set = ["reward.standardize_inputs=true"]
+baseline = "hopper"                   # ... measured against that experiment's true-reward runs, not run again
 ```
 
 Results (rewritten whenever a run finishes) in ``OUT/``: ``finished/`` (the records above), ``runs.csv`` (one
@@ -85,7 +91,7 @@ _VARIED = {"seeds": list, "labels": list, "samplers": list, "true_reward": bool,
 _EVAL = {"eval_every": int, "eval_episodes": int}
 _REPORT = {"goal_ratio": float, "goal_return": float, "notes": str}
 _TOP = {"name": str, "experiments": list, **_VARIED, **_EVAL, **_REPORT}
-_EXPERIMENT = {"experiment": str, "env": str, "name": str, **_VARIED, **_EVAL, **_REPORT}
+_EXPERIMENT = {"experiment": str, "env": str, "name": str, "baseline": str, **_VARIED, **_EVAL, **_REPORT}
 _DEFAULTS: dict[str, Any] = {
     "seeds": [0],
     "labels": [],
@@ -138,6 +144,12 @@ class Grid:
     """Per experiment: ``goal_ratio`` and/or ``goal_return`` that its preference runs are to reach."""
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
     """Text for the summary, per experiment ("" for the whole grid)."""
+    baselines: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Experiments whose preference runs compare with another experiment's true-reward runs (its ``baseline``)."""
+
+    def baseline_of(self, experiment: str) -> str:
+        """The experiment whose true-reward runs ``experiment``'s ratios and plots compare with."""
+        return self.baselines.get(experiment, experiment)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,10 +180,18 @@ def load_grid(path: str | Path, *, runs_dir: Path | None = None, out_dir: Path |
     seen: set[str] = set()
     goals: dict[str, dict[str, float]] = {}
     notes = {"": data["notes"].strip()} if data.get("notes", "").strip() else {}
+    baselines: dict[str, tuple[str, str]] = {}  # experiment -> (its baseline, where it says so)
     for i, entry in enumerate(entries):
         where = f"{path}: experiments[{i}]"
         _check_keys(entry, _EXPERIMENT, where)
         opts = {k: entry.get(k, data.get(k, default)) for k, default in _DEFAULTS.items()}
+        if "baseline" in entry:  # a variant of another experiment, measured against that one's true-reward runs
+            if entry.get("true_reward"):
+                raise ConfigError(
+                    f"{where}: baseline = {entry['baseline']!r} compares with that experiment's true-reward runs; "
+                    "drop true_reward = true (or the baseline)"
+                )
+            opts["true_reward"] = False
         opts["set"] = [*data.get("set", []), *entry.get("set", [])]
         _check_values(opts, where)
         base, file, label = _experiment_source(entry, path, where)
@@ -183,6 +203,8 @@ def load_grid(path: str | Path, *, runs_dir: Path | None = None, out_dir: Path |
         if exp in seen:
             raise ConfigError(f"{where}: a second experiment named {exp!r}; give one of them name = '...'")
         seen.add(exp)
+        if "baseline" in entry:
+            baselines[exp] = (entry["baseline"], where)
         wanted = {k: entry.get(k, data.get(k)) for k in ("goal_ratio", "goal_return")}
         goals[exp] = {k: float(v) for k, v in wanted.items() if v is not None}
         if entry.get("notes", "").strip():
@@ -205,8 +227,30 @@ def load_grid(path: str | Path, *, runs_dir: Path | None = None, out_dir: Path |
                 record = out_dir / "finished" / f"{run_name}.json"
                 jobs.append(Job(exp, cfg.env.id, method, n, sampler, seed, runs_dir / run_name, cfg, record))
     jobs.sort(key=lambda j: j.seed)  # seed 0 of every setting first: a grid cut short still covers them all
+    _check_baselines(jobs, baselines)
     _check_runs(jobs)
-    return Grid(name, path, jobs, out_dir, goals, notes)
+    return Grid(name, path, jobs, out_dir, goals, notes, {e: b for e, (b, _) in baselines.items()})
+
+
+def _check_baselines(jobs: list[Job], baselines: dict[str, tuple[str, str]]) -> None:
+    """A baseline is an experiment of the grid with true-reward runs on the same env, as long, of the same seeds."""
+    for exp, (base, where) in baselines.items():
+        true = {j.seed: j for j in jobs if j.experiment == base and j.method == "true"}
+        if not true:
+            names = sorted({j.experiment for j in jobs if j.method == "true"})
+            raise ConfigError(
+                f"{where}: baseline = {base!r} is not an experiment of this grid with true-reward runs; "
+                f"give one of {', '.join(map(repr, names)) or '(none: add one with true_reward = true)'}"
+            )
+        for job in (j for j in jobs if j.experiment == exp):
+            other = true.get(job.seed)
+            if other is None:
+                raise ConfigError(f"{where}: seed {job.seed} has no true-reward run in baseline {base!r}; add it there")
+            if (job.env, job.config.total_timesteps) != (other.env, other.config.total_timesteps):
+                raise ConfigError(
+                    f"{where}: {exp!r} runs {job.env} for {job.config.total_timesteps} steps, its baseline {base!r} "
+                    f"{other.env} for {other.config.total_timesteps}; a ratio needs the same env and steps"
+                )
 
 
 def _experiment_source(entry: dict, grid_path: Path, where: str) -> tuple[dict | None, Path | None, str]:
@@ -753,7 +797,7 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
             continue
         vals = [v for _, v in mine.values()]
         steps = sorted({t for t, _ in mine.values()})
-        base = final.get((exp, "true", 0, ""), {})
+        base = final.get((grid.baseline_of(exp), "true", 0, ""), {})
         seeds = [s for s in mine if s in base and base[s][0] == mine[s][0]]
         ratio = norm = "—"
         m_ratio: float | str = "pending"  # until the true-reward runs of the same seeds finish
@@ -881,7 +925,8 @@ def _panel(ax: Any, grid: Grid, rows: list[dict[str, Any]], exp: str, *, legend:
     from prefrl.plots import _COLORS, _style
 
     _style(ax)
-    groups = list(dict.fromkeys(j.group for j in grid.jobs if j.experiment == exp))
+    base = grid.baseline_of(exp)  # a variant's panel shows its baseline's true-reward line
+    groups = list(dict.fromkeys(j.group for j in grid.jobs if j.experiment == exp or j.group[:2] == (base, "true")))
     samplers = {g[3] for g in groups if g[1] == "prefrl"}
     colors = itertools.cycle(_COLORS)  # black is the true reward
     for g in groups:

@@ -253,6 +253,45 @@ def test_a_lengthened_grid_continues_its_true_reward_runs_and_refuses_to_stretch
     assert "1 runs, 1 finished, 0 to resume, 0 to start" in capsys.readouterr().err
 
 
+def test_a_variant_of_the_preference_runs_is_measured_against_its_baselines_true_reward_runs(pool, tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    for job in pool.grid.jobs:
+        if job.experiment == "cartpole":
+            shutil.copytree(job.run_dir, runs / job.name)
+    head, cartpole, _ = SMOKE.read_text().split("[[experiments]]")
+    variant = 'experiment = "cartpole"\nname = "cartpole-std"\nbaseline = "cartpole"\nseeds = [1]\n'
+    variant += 'set = ["reward.standardize_inputs=true"]\n'
+    path = tmp_path / "variant.toml"
+    path.write_text(f"{head}[[experiments]]{cartpole}[[experiments]]\n{variant}")
+    grid = load_grid(path, runs_dir=runs, out_dir=out)
+    mine = [j for j in grid.jobs if j.experiment == "cartpole-std"]
+    assert [(j.method, j.seed) for j in mine] == [("prefrl", 1)]  # no true-reward run of its own
+    assert mine[0].config.reward.standardize_inputs and grid.baseline_of("cartpole-std") == "cartpole"
+    report = run_grid(grid, progress=False)
+    assert report.ran == [mine[0].name] and report.finished == 5
+    rows = read_rows(out / "runs.csv")
+
+    def final(exp: str, method: str) -> float:
+        return float(
+            [r for r in rows if (r["experiment"], r["method"], r["seed"]) == (exp, method, "1")][-1]["true_return"]
+        )
+
+    want = final("cartpole-std", "prefrl") / final("cartpole", "true")
+    line = next(x for x in (out / "summary.md").read_text().splitlines() if x.startswith("| cartpole-std |"))
+    assert (
+        f"| prefrl | 20 | disagreement | 1/1 | 4.096k | {final('cartpole-std', 'prefrl'):.1f} ± 0.0 | {want:.2f} |"
+        in line
+    )
+    assert (out / "returns-cartpole-std.png").stat().st_size > 10_000
+    drawn = []
+    real_panel = bench._panel
+    with pytest.MonkeyPatch.context() as mp:  # the variant's panel has its baseline's true-reward line
+        mp.setattr(bench, "_panel", lambda ax, g, r, exp, **kw: (real_panel(ax, g, r, exp, **kw), drawn.append(ax)))
+        bench.plot_grid(grid, rows, tmp_path)
+    labels = [line.get_label() for line in drawn[-1].lines]
+    assert any(label.startswith("PPO, true reward") for label in labels) and "20 labels" in labels
+
+
 def test_ray_runs_the_same_grid_and_skips_the_finished_runs(pool, tmp_path, monkeypatch, capsys):
     # A local Ray instance with its own token (Ray's default token auth would write one under the home directory).
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
@@ -302,6 +341,17 @@ def test_a_ray_address_where_nothing_listens_is_refused_at_once(tmp_path, capsys
         ('true_reward = false\n[[experiments]]\nenv = "CartPole-v1"', "nothing to run"),
         ('name = "a b"\n[[experiments]]\nenv = "CartPole-v1"', "grid name 'a b'"),
         ("seeds = [0]", "names no experiments"),
+        ('[[experiments]]\nenv = "CartPole-v1"\nlabels = [5]\nbaseline = "hopper"', "baseline = 'hopper' is not an"),
+        (
+            '[[experiments]]\nenv = "CartPole-v1"\n[[experiments]]\nenv = "Acrobot-v1"\nlabels = [5]\n'
+            'baseline = "CartPole-v1"',
+            "'Acrobot-v1' runs Acrobot-v1 for 100000 steps, its baseline 'CartPole-v1' CartPole-v1 for",
+        ),
+        (
+            '[[experiments]]\nenv = "CartPole-v1"\n[[experiments]]\nenv = "CartPole-v1"\nname = "b"\n'
+            'labels = [5]\nbaseline = "CartPole-v1"\ntrue_reward = true',
+            "drop true_reward = true",
+        ),
     ],
 )
 def test_grid_file_mistakes_are_refused_in_one_line(tmp_path, capsys, text, message):
