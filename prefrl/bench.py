@@ -72,6 +72,8 @@ import numpy as np
 
 from prefrl.config import ConfigError, TrainConfig, dumps_config, load_config, loads_config, to_dict
 
+LATE_EVALS = 3  # the summary's late ratio: each run's mean over its last this many evaluations
+
 RUNS_COLUMNS = [
     "experiment",
     "env",
@@ -754,11 +756,15 @@ def _random_return(cfg: TrainConfig, episodes: int) -> float:
 def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms: dict[str, float]) -> Path:
     """Final true return per setting (mean ± std over seeds) against the true-reward runs of the same seeds."""
     final: dict[tuple, dict[int, tuple[int, float]]] = {}  # group -> seed -> (timesteps, return) of finished runs
+    late: dict[tuple, dict[int, float]] = {}  # group -> seed -> mean return of its last LATE_EVALS evaluations
     for job in grid.jobs:
         if _finished(job):
             last = [r for r in rows if _group(r) == job.group and r["seed"] == job.seed]
             if last:
                 final.setdefault(job.group, {})[job.seed] = (last[-1]["timesteps"], last[-1]["true_return"])
+                late.setdefault(job.group, {})[job.seed] = float(
+                    np.mean([r["true_return"] for r in last[-LATE_EVALS:]])
+                )
     groups = list(dict.fromkeys(j.group for j in grid.jobs))
     n_seeds = {g: sum(j.group == g for j in grid.jobs) for g in groups}
     finished = sum(_finished(j) for j in grid.jobs)
@@ -778,14 +784,17 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
         "Final true return: mean of the last evaluation's episodes per seed (the policy acts as the runs'",
         "`eval_policy` says: by default deterministically, and sampling on Atari); mean ± std over seeds.",
         "Ratio: mean final return / mean final return of the same agent on the true reward, same seeds and steps",
-        "(shown when that baseline is positive). Normalized: (return − random policy) / (true-reward agent − random",
-        "policy).",
+        "(shown when that baseline is positive). Late ratio: the same with each run's mean over its last"
+        f" {LATE_EVALS} evaluations,",
+        "less at the mercy of where one evaluation falls in a policy's late swings (goals use the final return).",
+        "Normalized: (return − random policy) / (true-reward agent − random policy).",
         *(goal_text if goal_col else []),
         "",
-        "| experiment | env | method | labels | sampler | seeds | steps | final true return | ratio | normalized "
+        "| experiment | env | method | labels | sampler | seeds | steps | final true return | ratio | late ratio "
+        + "| normalized "
         + ("| goal " if goal_col else "")
         + "| mean wall s |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|" + ("---|" if goal_col else "") + "---:|",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|" + ("---|" if goal_col else "") + "---:|",
     ]
     for g in groups:
         exp, method, labels, sampler = g
@@ -793,18 +802,21 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
         mine = final.get(g, {})
         if not mine:
             lines.append(f"| {exp} | {env} | {_method(grid, g)} | {labels or '—'} | {sampler or '—'} | 0/{n_seeds[g]} "
-                         "| — | — | — | — | " + ("— | " if goal_col else "") + "— |")  # fmt: skip
+                         "| — | — | — | — | — | " + ("— | " if goal_col else "") + "— |")  # fmt: skip
             continue
         vals = [v for _, v in mine.values()]
         steps = sorted({t for t, _ in mine.values()})
         base = final.get((grid.baseline_of(exp), "true", 0, ""), {})
         seeds = [s for s in mine if s in base and base[s][0] == mine[s][0]]
-        ratio = norm = "—"
+        ratio = late_ratio = norm = "—"
         m_ratio: float | str = "pending"  # until the true-reward runs of the same seeds finish
         if seeds and method != "true":
             m, b = np.mean([mine[s][1] for s in seeds]), np.mean([base[s][1] for s in seeds])
             m_ratio = m / b if b > 0 else "undefined (the true-reward return is ≤ 0)"
             ratio = f"{m / b:.2f}" if b > 0 else "—"
+            late_base = late[(grid.baseline_of(exp), "true", 0, "")]
+            late_b = np.mean([late_base[s] for s in seeds])
+            late_ratio = f"{np.mean([late[g][s] for s in seeds]) / late_b:.2f}" if late_b > 0 else "—"
             rnd = randoms.get(exp)
             norm = f"{(m - rnd) / (b - rnd):.2f}" if rnd is not None and b != rnd else "—"
         wall_by_seed = {r["seed"]: r["wall_s"] for r in rows if _group(r) == g and r["seed"] in mine}  # the last
@@ -814,8 +826,8 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
             goal = "— | " if method == "true" else f"{_goal(grid.goals.get(exp, {}), m_ratio, float(np.mean(vals)))} | "
         lines.append(
             f"| {exp} | {env} | {_method(grid, g)} | {labels or '—'} | {sampler or '—'} | {len(mine)}/{n_seeds[g]} | "
-            f"{'/'.join(_steps(t) for t in steps)} | {np.mean(vals):.1f} ± {np.std(vals):.1f} | {ratio} | {norm} | "
-            f"{goal}{wall} |"
+            f"{'/'.join(_steps(t) for t in steps)} | {np.mean(vals):.1f} ± {np.std(vals):.1f} | {ratio} | "
+            f"{late_ratio} | {norm} | {goal}{wall} |"
         )
     lines += ["", "Random policy: " + ", ".join(f"{e} {v:.1f}" for e, v in randoms.items()), ""]
     if grid.notes:

@@ -171,7 +171,7 @@ def test_the_summary_says_whether_each_goal_of_the_grid_is_met_and_carries_its_n
     write_results(grid)
     lines = (tmp_path / "out" / "summary.md").read_text().splitlines()
     header = next(line for line in lines if line.startswith("| experiment"))
-    assert header.endswith("| normalized | goal | mean wall s |")
+    assert header.endswith("| ratio | late ratio | normalized | goal | mean wall s |")
 
     def row(exp: str, method: str) -> str:
         return next(line for line in lines if line.startswith(f"| {exp} |") and f"| {method} |" in line)
@@ -271,16 +271,17 @@ def test_a_variant_of_the_preference_runs_is_measured_against_its_baselines_true
     assert report.ran == [mine[0].name] and report.finished == 5
     rows = read_rows(out / "runs.csv")
 
-    def final(exp: str, method: str) -> float:
-        return float(
-            [r for r in rows if (r["experiment"], r["method"], r["seed"]) == (exp, method, "1")][-1]["true_return"]
-        )
+    def returns(exp: str, method: str) -> list[float]:
+        mine = [r for r in rows if (r["experiment"], r["method"], r["seed"]) == (exp, method, "1")]
+        return [float(r["true_return"]) for r in mine]
 
-    want = final("cartpole-std", "prefrl") / final("cartpole", "true")
+    variant, base = returns("cartpole-std", "prefrl"), returns("cartpole", "true")
+    assert len(variant) == len(base) == 2  # evaluated at 2048 and 4096 steps: the late ratio averages both
+    late = np.mean(variant) / np.mean(base)
     line = next(x for x in (out / "summary.md").read_text().splitlines() if x.startswith("| cartpole-std |"))
     assert (
-        f"| prefrl | 20 | disagreement | 1/1 | 4.096k | {final('cartpole-std', 'prefrl'):.1f} ± 0.0 | {want:.2f} |"
-        in line
+        f"| prefrl | 20 | disagreement | 1/1 | 4.096k | {variant[-1]:.1f} ± 0.0 | {variant[-1] / base[-1]:.2f} | "
+        f"{late:.2f} |" in line
     )
     assert (out / "returns-cartpole-std.png").stat().st_size > 10_000
     drawn = []
