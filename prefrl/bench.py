@@ -806,7 +806,8 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
             continue
         vals = [v for _, v in mine.values()]
         steps = sorted({t for t, _ in mine.values()})
-        base = final.get((grid.baseline_of(exp), "true", 0, ""), {})
+        base_group = (grid.baseline_of(exp), "true", 0, "")
+        base = final.get(base_group, {})
         seeds = [s for s in mine if s in base and base[s][0] == mine[s][0]]
         ratio = late_ratio = norm = "—"
         m_ratio: float | str = "pending"  # until the true-reward runs of the same seeds finish
@@ -814,8 +815,7 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
             m, b = np.mean([mine[s][1] for s in seeds]), np.mean([base[s][1] for s in seeds])
             m_ratio = m / b if b > 0 else "undefined (the true-reward return is ≤ 0)"
             ratio = f"{m / b:.2f}" if b > 0 else "—"
-            late_base = late[(grid.baseline_of(exp), "true", 0, "")]
-            late_b = np.mean([late_base[s] for s in seeds])
+            late_b = np.mean([late[base_group][s] for s in seeds])
             late_ratio = f"{np.mean([late[g][s] for s in seeds]) / late_b:.2f}" if late_b > 0 else "—"
             rnd = randoms.get(exp)
             norm = f"{(m - rnd) / (b - rnd):.2f}" if rnd is not None and b != rnd else "—"

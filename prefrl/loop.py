@@ -302,8 +302,7 @@ def normalize_on(
         return
     if center == "auto":
         center = "absorbing" if any(s.terminated for s in segs) else "mean"
-    obs = np.concatenate([s.obs[: s.length] for s in segs])
-    act = np.concatenate([s.actions[: s.length] for s in segs])
+    obs, act = _real_steps(segs)
     if len(obs) > 20_000:
         idx = rng.choice(len(obs), size=20_000, replace=False)
         obs, act = obs[idx], act[idx]
@@ -342,9 +341,12 @@ def make_reward(cfg: TrainConfig, venv: VecEnv) -> RewardEnsemble:
 
 def standardize_on(reward: RewardEnsemble, segs: Iterable[Segment]) -> None:
     """Standardize the reward model's inputs with the statistics of the real steps of ``segs``."""
-    segs = list(segs)
-    obs = np.concatenate([s.obs[: s.length] for s in segs])
-    reward.set_input_normalization(obs, np.concatenate([s.actions[: s.length] for s in segs]))
+    reward.set_input_normalization(*_real_steps(list(segs)))
+
+
+def _real_steps(segs: list[Segment]) -> tuple[np.ndarray, np.ndarray]:
+    """Observations and actions of the real steps of ``segs`` (absorbing padding left out), concatenated."""
+    return np.concatenate([s.obs[: s.length] for s in segs]), np.concatenate([s.actions[: s.length] for s in segs])
 
 
 def make_trainer(cfg: TrainConfig, reward: RewardEnsemble) -> RewardTrainer:
