@@ -319,3 +319,32 @@ def test_a_frozen_reward_from_another_environment_or_a_true_reward_run_is_refuse
     other_env = load_config(None, [*TINY, *frozen, "env.id='Acrobot-v1'"])
     with pytest.raises(ConfigError, match="learned its reward on CartPole-v1, this run acts on Acrobot-v1"):
         loop.train(other_env, RunDir(tmp_path / "b"), progress=False)
+
+
+def test_linear_schedules_decay_over_the_whole_run_across_chunks_and_a_resume(tmp_path, monkeypatch, kill_after):
+    # The quickstart's PPO has `lin_` schedules; SB3 alone would restart them at every chunk's learn() call.
+    cfg = load_config(None, [*TINY, "reward_source='true'", "total_timesteps=4096"])
+    assert cfg.agent.kwargs["learning_rate"] == "lin_0.001"
+    updates = []
+    real_update = PPO.train
+
+    def train(self):
+        real_update(self)
+        updates.append(
+            (self.num_timesteps, self._current_progress_remaining, self.policy.optimizer.param_groups[0]["lr"])
+        )
+
+    monkeypatch.setattr(PPO, "train", train)
+    run = RunDir(tmp_path / "r")
+    real_save = kill_after(loop, "save_agent", 2)  # killed after its second chunk
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, run, progress=False)
+    killed_at = updates[-1][0]
+    monkeypatch.setattr(loop, "save_agent", real_save)
+    loop.train(run.load_config(), run, progress=False)
+
+    steps = [t for t, _, _ in updates]
+    assert steps[0] < cfg.chunk_steps < killed_at < steps[-1] == cfg.total_timesteps
+    for t, progress, lr in updates:
+        assert progress == pytest.approx(1 - t / cfg.total_timesteps)
+        assert lr == pytest.approx(1e-3 * (1 - t / cfg.total_timesteps))
