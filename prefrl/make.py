@@ -144,7 +144,12 @@ def env_kind(cfg: EnvConfig) -> str:
 
 
 def default_segment_length(cfg: EnvConfig) -> int:
-    """The paper's choices: ~1.5 s of simulated time for MuJoCo, 25 steps Atari, 50 otherwise."""
+    """~1.5 s of simulated time for MuJoCo (a clip a person watches in real time), 25 steps Atari, 50 otherwise.
+
+    The paper's Atari segments were 25 steps. Its MuJoCo segments were 1.5 s of video at a per-task frame rate,
+    one frame per step, so 15-60 steps (Hopper 60, Walker2d 45, HalfCheetah 30); set ``segments.length`` to
+    reproduce those.
+    """
     kind = env_kind(cfg)
     if kind == "atari":
         return 25
