@@ -97,7 +97,9 @@ class RewardConfig:
     (absorbing once a terminated segment was seen, else mean)."""
     std: float = 1.0
     """Spread of each member's reward the agent sees, around that zero. The paper used 0.05 on Atari, about the
-    spread of clipped game rewards, so RL hyperparameters tuned on those still fit."""
+    spread of clipped game rewards, so RL hyperparameters tuned on those still fit. Around an ``absorbing`` zero
+    a reward's constant part counts as spread: for an agent that does not rescale rewards (A2C on Atari), use
+    ``mean``, so that all of ``std`` tells steps apart."""
     blank: list[list[int]] = field(default_factory=list)
     """Image observations: rectangles ``[top, bottom, left, right]`` (pixels of one frame, bottom and right
     exclusive) the reward model sees as black, in every stacked frame. The paper hid each Atari game's score this
