@@ -581,13 +581,45 @@ class _Progress:
 
 
 def status(grid: Grid) -> list[dict[str, Any]]:
-    """Where every run of the grid stands: ``finished``, ``part-way`` (with its steps) or ``not started``."""
+    """Where every run of the grid stands: ``finished``, ``part-way`` (with its steps) or ``not started``; with
+    ``wall_s``, its training time so far (NaN where unknown), and for a part-way run ``eta_s``, the time its
+    remaining steps take at its rate since its first logged row (past setup such as the reward fit before RL)."""
     out = []
     for j in grid.jobs:
         t = _timesteps_done(j)
         state = "finished" if _finished(j) else "part-way" if t > 0 else "not started"
-        out.append({"run": j.name, "state": state, "timesteps": t, "total": j.config.total_timesteps})
+        wall = _wall_s(j) if t > 0 else 0.0
+        total = j.config.total_timesteps
+        eta = _seconds_per_step(j, wall / t if t else math.nan) * max(total - t, 0) if state == "part-way" else 0.0
+        eta = math.nan if state == "not started" else eta
+        out.append({"run": j.name, "state": state, "timesteps": t, "total": total, "wall_s": wall, "eta_s": eta})
     return out
+
+
+def _wall_s(job: Job) -> float:
+    """Training time so far: the run's last checkpoint's, or for a finished run known only by its record, its
+    last row's; NaN where neither says."""
+    try:
+        return float(json.loads((job.run_dir / "checkpoint" / "state.json").read_text())["wall_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return float(_read_record(job)["rows"][-1]["wall_s"])
+    except (OSError, ConfigError, KeyError, IndexError, TypeError, ValueError):
+        return math.nan
+
+
+def _seconds_per_step(job: Job, default: float) -> float:
+    """Wall seconds per agent step between the first and last rows of the run's ``metrics.csv`` (``default`` if
+    they are not two distinct points)."""
+    try:
+        with open(job.run_dir / "metrics.csv", newline="") as f:
+            points = [(float(r["timesteps"]), float(r["wall_s"])) for r in csv.DictReader(f) if r.get("wall_s")]
+    except (OSError, KeyError, ValueError):
+        return default
+    if len(points) < 2 or points[-1][0] <= points[0][0]:
+        return default
+    return (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
 
 
 def _finished(job: Job) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import time
 from pathlib import Path
@@ -400,13 +401,25 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _times(s: dict[str, Any]) -> str:
+    """`` 2.1 h so far, ~6.3 h to go`` for a ``status`` row: time trained and, part-way, the estimate."""
+    if s["state"] == "not started" or not math.isfinite(s["wall_s"]):
+        return ""
+    text = f"  {_hours(s['wall_s'])} so far"
+    return text + f", ~{_hours(s['eta_s'])} to go" if s["state"] == "part-way" else text
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def _bench(args: argparse.Namespace) -> int:
     from prefrl.bench import load_grid, run_grid, status, write_results
 
     grid = load_grid(args.grid, runs_dir=args.runs, out_dir=args.out)
     if args.status:
         for s in status(grid):
-            print(f"{s['run']:<48} {s['state']:<12} {s['timesteps']:>10,} / {s['total']:,} steps")
+            print(f"{s['run']:<48} {s['state']:<12} {s['timesteps']:>10,} / {s['total']:,} steps{_times(s)}")
         for path in write_results(grid):
             print(f"prefrl: wrote {path}", file=sys.stderr)
         return 0

@@ -12,7 +12,7 @@ import torch
 
 import prefrl.bench as bench
 import prefrl.loop as loop
-from prefrl.bench import RUNS_COLUMNS, load_grid, run_grid, write_results, write_summary
+from prefrl.bench import RUNS_COLUMNS, load_grid, run_grid, status, write_results, write_summary
 from prefrl.cli import main
 from prefrl.config import ConfigError, load_config, loads_config
 from prefrl.data import ComparisonStore
@@ -74,6 +74,7 @@ def pool(tmp_path_factory):
     before = SimpleNamespace(
         metrics=(killed.run_dir / "metrics.csv").read_text().splitlines(),
         labels={c.query_id: c for c in ComparisonStore(killed.run_dir / "labels.sqlite").comparisons()},
+        status={s["run"]: s for s in status(grid)},
     )
     rc = main(["bench", str(SMOKE), "--runs", str(runs), "--out", str(out), "--workers", "2", "--no-progress"])
     return SimpleNamespace(rc=rc, grid=grid, runs=runs, out=out, killed=killed, before=before)
@@ -114,6 +115,16 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_its_labels(pool):
     assert all(labels[q] == c for q, c in pool.before.labels.items())
 
 
+def test_status_estimates_a_part_way_run_from_its_rate_since_its_first_row(pool):
+    killed, others = pool.before.status[pool.killed.name], list(pool.before.status.values())
+    with open(pool.killed.run_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[: len(pool.before.metrics) - 1]  # the rows written before the kill
+    (t0, w0), (t1, w1) = [(float(r["timesteps"]), float(r["wall_s"])) for r in (rows[0], rows[-1])]
+    assert killed["state"] == "part-way" and killed["timesteps"] == t1 and killed["wall_s"] >= w1 > w0 > 0
+    assert killed["eta_s"] == pytest.approx((w1 - w0) / (t1 - t0) * (killed["total"] - t1))
+    assert all(s["state"] == "not started" and s["wall_s"] == 0 for s in others if s is not killed)
+
+
 def test_running_a_finished_grid_again_trains_nothing(pool, capsys):
     stamps = {j.name: (j.run_dir / "metrics.csv").stat().st_mtime_ns for j in pool.grid.jobs}
     report = run_grid(load_grid(SMOKE, runs_dir=pool.runs, out_dir=pool.out), progress=False)
@@ -121,7 +132,8 @@ def test_running_a_finished_grid_again_trains_nothing(pool, capsys):
     assert "8 runs, 8 finished, 0 to resume, 0 to start" in capsys.readouterr().err
     assert stamps == {j.name: (j.run_dir / "metrics.csv").stat().st_mtime_ns for j in pool.grid.jobs}
     assert main(["bench", str(SMOKE), "--runs", str(pool.runs), "--out", str(pool.out), "--status"]) == 0
-    assert capsys.readouterr().out.count("finished") == 8
+    out = capsys.readouterr().out
+    assert out.count("finished") == 8 and out.count(" so far") == 8 and "to go" not in out
 
 
 def test_a_checkout_with_only_the_results_skips_the_recorded_runs_and_keeps_their_rows(
