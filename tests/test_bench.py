@@ -390,7 +390,10 @@ def test_mujoco_experiments_build_with_the_ppo_papers_settings():
     assert norm is not None and norm.gamma == agent.gamma == 0.99  # returns normalized with the agent's own γ
     assert (agent.n_steps, agent.batch_size, agent.n_epochs, agent.gae_lambda) == (2048, 64, 10, 0.95)
     assert isinstance(agent.policy.mlp_extractor.policy_net[1], torch.nn.Tanh)  # SB3's default 64×64 tanh nets
-    assert loop.default_segment_length(cfg.env) == 188  # ~1.5 s at dt = 0.008
+    assert loop.default_segment_length(cfg.env) == 188  # ~1.5 s at dt = 0.008 (segments.length = 0) ...
+    assert cfg.segments.length == 60  # ... but the file says the paper's 60 (1.5 s of video at 40 frames/s)
+    swimmer = load_config(ROOT / "experiments" / "swimmer.toml")
+    assert swimmer.segments.length == 60 and swimmer.reward.standardize_inputs
 
 
 def test_normalization_statistics_survive_a_resume_and_reach_the_evaluation(tmp_path, monkeypatch, capsys):
