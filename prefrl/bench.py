@@ -590,8 +590,10 @@ def status(grid: Grid) -> list[dict[str, Any]]:
         state = "finished" if _finished(j) else "part-way" if t > 0 else "not started"
         wall = _wall_s(j) if t > 0 else 0.0
         total = j.config.total_timesteps
-        eta = _seconds_per_step(j, wall / t if t else math.nan) * max(total - t, 0) if state == "part-way" else 0.0
-        eta = math.nan if state == "not started" else eta
+        if state == "part-way":  # t > 0; a run past its steps but not yet evaluated has none left
+            eta = _seconds_per_step(j, default=wall / t) * max(total - t, 0)
+        else:
+            eta = 0.0 if state == "finished" else math.nan
         out.append({"run": j.name, "state": state, "timesteps": t, "total": total, "wall_s": wall, "eta_s": eta})
     return out
 
@@ -609,7 +611,7 @@ def _wall_s(job: Job) -> float:
         return math.nan
 
 
-def _seconds_per_step(job: Job, default: float) -> float:
+def _seconds_per_step(job: Job, *, default: float) -> float:
     """Wall seconds per agent step between the first and last rows of the run's ``metrics.csv`` (``default`` if
     they are not two distinct points)."""
     try:
