@@ -94,7 +94,7 @@ class RewardConfig:
     """Fit on the most recent N comparisons only (0 = all; the paper's Atari runs keep 3000)."""
     center: str = "auto"
     """Zero of the agent's reward: ``absorbing`` (the state after termination pays 0), ``mean``, or ``auto``
-    (absorbing once a terminated segment was seen, else mean)."""
+    (Atari: mean, as the paper; elsewhere absorbing once a terminated segment was seen, else mean)."""
     std: float = 1.0
     """Spread of each member's reward the agent sees, around that zero. The paper used 0.05 on Atari, about the
     spread of clipped game rewards, so RL hyperparameters tuned on those still fit. Around an ``absorbing`` zero

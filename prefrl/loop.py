@@ -95,7 +95,7 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
             if wait and reward.standardize:  # the first fit: the inputs' statistics, fixed from here on
                 standardize_on(reward, segments.values())
             metrics |= trainer.fit(comparisons, segments, epochs=epochs, min_steps=cfg.reward.min_steps)
-            normalize(reward, buffer, center=cfg.reward.center, std=cfg.reward.std, rng=rng)
+            normalize(reward, buffer, center=reward_center(cfg), std=cfg.reward.std, rng=rng)
         return metrics
 
     # 1. Before RL: label segments of a random policy, fit the reward to them.
@@ -284,6 +284,15 @@ def wait_for_oracle(oracle: Oracle, labels: ComparisonStore, *, max_pending: int
         collect_answers(oracle, labels, timeout=1.0)
 
 
+def reward_center(cfg: TrainConfig) -> str:
+    """``cfg.reward.center``, with ``auto`` settled for Atari: the mean, as the paper. A game over is rare and a
+    game long, so with the game-over state as the zero most of an A2C agent's reward spread would be a constant
+    per step. Elsewhere ``auto`` stays, for :func:`normalize` to pick the absorbing state once an episode ended."""
+    if cfg.reward.center == "auto" and env_kind(cfg.env) == "atari":
+        return "mean"
+    return cfg.reward.center
+
+
 def normalize(
     reward: RewardEnsemble, buffer: SegmentBuffer, *, center: str, std: float = 1.0, rng: np.random.Generator
 ) -> None:
@@ -386,7 +395,7 @@ def refit_reward(run: RunDir, labels: int) -> RewardEnsemble:
         standardize_on(reward, segments.values())
     make_trainer(cfg, reward).fit(first, segments, epochs=cfg.reward.initial_epochs, min_steps=cfg.reward.min_steps)
     rng = np.random.default_rng(cfg.seed)
-    normalize_on(reward, list(segments.values()), center=cfg.reward.center, std=cfg.reward.std, rng=rng)
+    normalize_on(reward, list(segments.values()), center=reward_center(cfg), std=cfg.reward.std, rng=rng)
     return reward.eval()
 
 

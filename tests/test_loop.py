@@ -264,6 +264,20 @@ def test_auto_evaluation_samples_actions_on_atari_only(env_id, policy, determini
     assert loop.eval_deterministic(cfg) is deterministic
 
 
+@pytest.mark.parametrize(
+    "env_id, center, want",
+    [
+        ("ALE/Pong-v5", "auto", "mean"),  # the paper's zero on Atari, though Pong's games end
+        ("ALE/Pong-v5", "absorbing", "absorbing"),
+        ("CartPole-v1", "auto", "auto"),  # left for normalize: absorbing once an episode ended
+        ("CartPole-v1", "mean", "mean"),
+    ],
+)
+def test_the_reward_zero_is_the_mean_on_atari_unless_set(env_id, center, want):
+    cfg = load_config(None, [f"env.id='{env_id}'", f"reward.center='{center}'"])
+    assert loop.reward_center(cfg) == want
+
+
 def test_an_unknown_eval_policy_is_refused_with_the_choices():
     with pytest.raises(ConfigError, match="eval_policy = 'greedy' is not one of auto, deterministic, stochastic"):
         load_config(None, ["eval_policy='greedy'"])
