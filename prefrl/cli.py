@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--labels", type=int, metavar="N",
                    help="score with that run's reward fit afresh to its first N labels instead of its final one: "
                         "what it paid for earlier in the run")  # fmt: skip
+    p.add_argument("--window", type=int, metavar="T",
+                   help="with a learned reward, cut the episodes into T-step pieces and report how often the reward "
+                        "orders two of them as their true returns do (default: that run's segment length)")  # fmt: skip
 
     p = sub.add_parser("plot", help="(re)draw a run's plots")
     p.add_argument("run", type=Path)
@@ -360,7 +363,7 @@ def _eval(args: argparse.Namespace) -> int:
     agent = type(fresh).load(run.ckpt / "agent.zip", env=env, device=cfg.agent.device)
     restore_normalization(agent, run)
     reward_run = args.reward_of or (run.path if (run.ckpt / "reward.pt").exists() else None)
-    reward = None
+    reward, window = None, 0
     if reward_run is not None:
         other = RunDir(reward_run)
         if (env_id := other.load_config().env.id) != cfg.env.id:
@@ -368,12 +371,14 @@ def _eval(args: argparse.Namespace) -> int:
                 f"--reward-of {reward_run}: its reward was learned on {env_id}, this run acts on {cfg.env.id}; "
                 "give a run of the same environment"
             )
+        window = other.load_config().segments.length if args.window is None else args.window
+        if window < 1:
+            raise ConfigError(f"--window {window}: give a piece length of at least 1 step, e.g. the segment length")
         reward = load_reward(other) if args.labels is None else refit_reward(other, args.labels)
-    elif args.labels is not None:
-        raise ConfigError(
-            f"--labels {args.labels}: {run.path} learns no reward; name a preference run with --reward-of"
-        )
-    result = evaluate(agent, cfg, reward=reward)
+    elif args.labels is not None or args.window is not None:
+        flag = f"--labels {args.labels}" if args.labels is not None else f"--window {args.window}"
+        raise ConfigError(f"{flag}: {run.path} learns no reward; name a preference run with --reward-of")
+    result = evaluate(agent, cfg, reward=reward, window=window)
     print(
         f"{cfg.env.id}: true return {result['eval/true_return']:.2f} ± {result['eval/true_return_std']:.2f} "
         f"over {args.episodes} {'deterministic' if eval_deterministic(cfg) else 'sampled'} episodes "
@@ -387,6 +392,17 @@ def _eval(args: argparse.Namespace) -> int:
             f"learned return under {which}: {result['eval/learned_return']:.2f} ± "
             f"{result['eval/learned_return_std']:.2f} (the normalized reward its agent was trained on)"
         )
+        if math.isnan(result["eval/window_agreement"]):
+            print(
+                f"{window}-step pieces of this play: no two of them have different true returns, so none to rank "
+                "(as when the true reward is the same every step and only an episode's end differs)"
+            )
+        else:
+            print(
+                f"{window}-step pieces of this play: the learned reward orders {result['eval/window_agreement']:.1%} "
+                f"of the pairs with different true returns as the true reward does (correlation "
+                f"{result['eval/window_corr']:.2f}, {result['eval/windows']:.0f} pieces)"
+            )
     return 0
 
 

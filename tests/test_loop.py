@@ -65,6 +65,10 @@ def test_true_reward_baseline_and_cli_plots(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "q"), "--episodes", "2"]) == 0
     out = capsys.readouterr().out
     assert "true return" in out and f"learned return under the reward of {tmp_path / 'q'}: " in out  # its own
+    # CartPole pays 1 every step: whole 20-step pieces of play (the segment length) all have a true return of 20
+    assert "20-step pieces of this play: no two of them have different true returns" in out
+    assert main(["eval", str(tmp_path / "q"), "--window", "0"]) == 2
+    assert "--window 0: give a piece length of at least 1 step" in capsys.readouterr().err
     # the true-reward agent scored by the preference run's reward, as `evaluate` scores it
     assert main(["eval", str(tmp_path / "q" / "baseline"), "--episodes", "2", "--reward-of", str(tmp_path / "q")]) == 0
     base = RunDir(tmp_path / "q" / "baseline")
@@ -99,6 +103,8 @@ def test_true_reward_baseline_and_cli_plots(tmp_path, capsys):
     assert "--labels 0: " in (err := capsys.readouterr().err) and "has 24 answers; give 1 to 24" in err
     assert main(["eval", str(base.path), "--labels", "8"]) == 2  # the baseline has no reward of its own
     assert "learns no reward; name a preference run with --reward-of" in capsys.readouterr().err
+    assert main(["eval", str(base.path), "--window", "5"]) == 2
+    assert "--window 5: " in (err := capsys.readouterr().err) and "learns no reward" in err
 
 
 def test_evaluation_scores_whole_episodes_with_a_given_learned_reward():
@@ -111,6 +117,42 @@ def test_evaluation_scores_whole_episodes_with_a_given_learned_reward():
     result = loop.evaluate(agent, cfg, reward=Constant())
     assert result["eval/learned_return"] == pytest.approx(0.5 * result["eval/ep_len"])
     assert result["eval/true_return"] == pytest.approx(result["eval/ep_len"])  # CartPole's own reward is still 1
+
+
+class PendulumCost:
+    """Pendulum's own reward, computed from the observation before a step and the action, with a chosen sign."""
+
+    def __init__(self, sign: float) -> None:
+        self.sign = sign
+
+    def step_rewards(self, obs, actions):
+        theta, torque = np.arctan2(obs[:, 1], obs[:, 0]), np.clip(actions[:, 0], -2.0, 2.0)
+        cost = theta**2 + 0.1 * obs[:, 2] ** 2 + 0.001 * torque**2
+        return np.stack([-self.sign * cost] * 2).astype(np.float32)
+
+
+@pytest.mark.parametrize(("sign", "agreement", "corr"), [(1.0, 1.0, 1.0), (-1.0, 0.0, -1.0)])
+def test_evaluation_ranks_pieces_of_play_by_learned_and_true_return(sign, agreement, corr):
+    cfg = load_config(None, ["env.id='Pendulum-v1'", "eval_episodes=2", "eval_policy='stochastic'"])
+    agent = loop.make_agent(cfg.agent, loop.make_vec_env(cfg.env, seed=0), seed=0)
+    result = loop.evaluate(agent, cfg, reward=PendulumCost(sign), window=25)
+    assert result["eval/windows"] == 2 * (200 // 25)  # each 200-step episode gives 8 whole pieces
+    assert result["eval/window_agreement"] == pytest.approx(agreement, abs=1e-3)
+    assert result["eval/window_corr"] == pytest.approx(corr, abs=1e-4)
+
+
+def test_window_agreement_counts_ties_half_and_samples_many_pairs():
+    true = np.repeat([0.0, 1.0], 50)
+    same = loop.window_agreement(np.stack([np.zeros(100), true], axis=1))  # the reward cannot tell any apart
+    assert same["eval/window_agreement"] == 0.5 and np.isnan(same["eval/window_corr"])
+    rng = np.random.default_rng(0)
+    learned = true + rng.normal(0, 1, 100)
+    exact = loop.window_agreement(np.stack([learned, true], axis=1))
+    drawn = loop.window_agreement(np.stack([learned, true], axis=1), max_pairs=2000)
+    want = np.mean([a > b for a in learned[50:] for b in learned[:50]])  # each pair of a 1 and a 0
+    assert exact["eval/window_agreement"] == pytest.approx(want)
+    assert drawn["eval/window_agreement"] == pytest.approx(want, abs=0.05)
+    assert np.isnan(loop.window_agreement(np.zeros((0, 2)))["eval/window_agreement"])
 
 
 @pytest.mark.parametrize(
