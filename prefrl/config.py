@@ -120,8 +120,9 @@ class LabelConfig:
     """``uniform``, ``disagreement`` (ensemble variance of the preference) or ``entropy``."""
     candidates: int = 10
     """Disagreement/entropy: draw this many times more candidate pairs than queries."""
-    ends_share: float = 0.5
-    """Share of candidate queries that include a segment where an episode ended, when any exist."""
+    ends_share: float | str = "auto"
+    """Share of candidate queries that include a segment where an episode ended, when any exist. ``auto``: 0.5,
+    but 0 on Atari, where an episode ends at a game over or a lost life, to the oracle an ordinary lost point."""
     k: int = 2
     """Segments per query (2 = pairs)."""
     max_pending: int = 50
@@ -290,7 +291,12 @@ def _check_ranges(cfg: TrainConfig) -> None:
     need(cfg.labels.t0 >= 0, "labels.t0", "must be ≥ 0")
     need(cfg.labels.candidates >= 1, "labels.candidates", "must be ≥ 1")
     need(cfg.labels.k >= 2, "labels.k", "must be ≥ 2")
-    need(0 <= cfg.labels.ends_share <= 1, "labels.ends_share", "must be in [0, 1]")
+    share = cfg.labels.ends_share
+    need(
+        share == "auto" if isinstance(share, str) else 0 <= share <= 1,
+        "labels.ends_share",
+        "must be in [0, 1] or 'auto'",
+    )
     need(cfg.oracle.beta > 0, "oracle.beta", "must be positive (inf = always the better segment)")
     need(0 < cfg.oracle.gamma <= 1, "oracle.gamma", "must be in (0, 1]")
     need(0 <= cfg.oracle.epsilon <= 1, "oracle.epsilon", "must be in [0, 1]")

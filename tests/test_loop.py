@@ -320,6 +320,26 @@ def test_the_reward_zero_is_the_mean_on_atari_unless_set(env_id, center, want):
     assert loop.reward_center(cfg) == want
 
 
+@pytest.mark.parametrize(
+    "env_id, share, want",
+    [
+        ("ALE/Pong-v5", "'auto'", 0.0),  # a game over is an ordinary lost point to the oracle
+        ("ALE/Pong-v5", "0.5", 0.5),
+        ("CartPole-v1", "'auto'", 0.5),  # a random policy ends few episodes, and the ends are what tells
+        ("CartPole-v1", "0", 0.0),
+    ],
+)
+def test_queries_seek_out_episode_ends_except_on_atari_unless_set(env_id, share, want):
+    cfg = load_config(None, [f"env.id='{env_id}'", f"labels.ends_share={share}"])
+    assert loop.ends_share(cfg) == want
+
+
+@pytest.mark.parametrize("share", ["'half'", "1.5"])
+def test_an_ends_share_outside_0_1_or_auto_is_refused(share):
+    with pytest.raises(ConfigError, match=r"labels.ends_share = .* must be in \[0, 1\] or 'auto'"):
+        load_config(None, [f"labels.ends_share={share}"])
+
+
 def test_an_unknown_eval_policy_is_refused_with_the_choices():
     with pytest.raises(ConfigError, match="eval_policy = 'greedy' is not one of auto, deterministic, stochastic"):
         load_config(None, ["eval_policy='greedy'"])
