@@ -126,7 +126,7 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
             **_label_counts(labels),
             **metrics,
             **rollout_metrics(agent, env),
-            **evaluate_due(agent, cfg, since),
+            **evaluate_due(agent, cfg, since, reward=reward, window=T),
         }
         log.log(row)
         write_segment_scatter(run, reward, buffer)
@@ -135,7 +135,7 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
         bar.set_postfix(_postfix(row), refresh=False)
     bar.close()
 
-    final = evaluate(agent, cfg)
+    final = evaluate(agent, cfg, reward=reward, window=T)
     counts = _label_counts(labels)
     log.log({"timesteps": agent.num_timesteps, "wall_s": clock(), **counts, **final})
     labels.close()
@@ -553,13 +553,15 @@ def eval_deterministic(cfg: TrainConfig) -> bool:
     return cfg.eval_policy == "deterministic"
 
 
-def evaluate_due(agent: Any, cfg: TrainConfig, since: int, *, reward: RewardEnsemble | None = None) -> dict[str, float]:
+def evaluate_due(
+    agent: Any, cfg: TrainConfig, since: int, *, reward: RewardEnsemble | None = None, window: int = 0
+) -> dict[str, float]:
     """The periodic evaluation, when the last chunk (from step ``since``) crossed a multiple of ``cfg.eval_every``;
     the end of the run has its own."""
     every, t = cfg.eval_every, agent.num_timesteps
     if every <= 0 or t >= cfg.total_timesteps or t // every == since // every:
         return {}
-    return evaluate(agent, cfg, reward=reward)
+    return evaluate(agent, cfg, reward=reward, window=window)
 
 
 def write_segment_scatter(run: RunDir, reward: RewardEnsemble, buffer: SegmentBuffer, n: int = 500) -> None:

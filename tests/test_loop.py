@@ -31,6 +31,9 @@ def test_tiny_cartpole_run_beats_a_random_policy(tmp_path):
     assert result.labels == 60
     rows = run.metrics().rows
     assert float(rows[-2]["reward/val_acc"]) > 0.6  # the last row is the final evaluation
+    # the evaluation also scores its episodes with the reward, whole and in segment-length pieces
+    assert np.isfinite(float(rows[-1]["eval/learned_return"]))
+    assert float(rows[-1]["eval/windows"]) >= 10 * (result.true_return / 50 - 1)  # 50-step pieces, 10 episodes
     assert (run.path / "segments.csv").exists() and (run.ckpt / "state.json").exists()
 
 
