@@ -348,8 +348,9 @@ def _eval(args: argparse.Namespace) -> int:
         make_eval_env,
         refit_reward,
         restore_normalization,
+        segment_length,
     )
-    from prefrl.make import default_segment_length, make_agent
+    from prefrl.make import make_agent
     from prefrl.run import RunDir
 
     run = RunDir(args.run)
@@ -371,9 +372,7 @@ def _eval(args: argparse.Namespace) -> int:
                 f"--reward-of {reward_run}: its reward was learned on {env_id}, this run acts on {cfg.env.id}; "
                 "give a run of the same environment"
             )
-        other_cfg = other.load_config()
-        window = other_cfg.segments.length or default_segment_length(other_cfg.env)
-        window = window if args.window is None else args.window
+        window = segment_length(other.load_config()) if args.window is None else args.window
         if window < 1:
             raise ConfigError(f"--window {window}: give a piece length of at least 1 step, e.g. the segment length")
         reward = load_reward(other) if args.labels is None else refit_reward(other, args.labels)

@@ -57,7 +57,7 @@ def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progre
     # The pieces: env stack (true reward inside), segment recorder, reward ensemble, agent, label store.
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-    T = cfg.segments.length or default_segment_length(cfg.env)
+    T = segment_length(cfg)
     buffer = SegmentBuffer(cfg.segments.buffer_size)
     venv = make_vec_env(cfg.env, seed=cfg.seed)
     record = RecordSegments(venv, length=T, buffer=buffer, env_id=cfg.env.id, state_fn=clip_state_fn(cfg))
@@ -172,7 +172,7 @@ def train_fixed_reward(cfg: TrainConfig, run: RunDir, *, progress: bool = True) 
             "timesteps": agent.num_timesteps,
             "wall_s": clock(),
             **rollout_metrics(agent, venv if reward is not None else None),
-            **evaluate_due(agent, cfg, since, reward=reward),
+            **evaluate_due(agent, cfg, since, reward=reward, window=segment_length(cfg)),
         }
         log.log(row)
         save_agent(agent, run)
@@ -180,10 +180,15 @@ def train_fixed_reward(cfg: TrainConfig, run: RunDir, *, progress: bool = True) 
         bar.update(agent.num_timesteps - bar.n)
         bar.set_postfix(_postfix(row), refresh=False)
     bar.close()
-    final = evaluate(agent, cfg, reward=reward)
+    final = evaluate(agent, cfg, reward=reward, window=segment_length(cfg))
     log.log({"timesteps": agent.num_timesteps, "wall_s": clock(), **final})
     venv.close()
     return finish(run, agent.num_timesteps, final, 0)
+
+
+def segment_length(cfg: TrainConfig) -> int:
+    """Steps per segment: ``cfg.segments.length``, or the env's default when that is 0."""
+    return cfg.segments.length or default_segment_length(cfg.env)
 
 
 def finish(run: RunDir, timesteps: int, final: dict[str, float], labels: int) -> Result:
