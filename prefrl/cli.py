@@ -367,12 +367,13 @@ def _eval(args: argparse.Namespace) -> int:
     reward, window = None, 0
     if reward_run is not None:
         other = RunDir(reward_run)
-        if (env_id := other.load_config().env.id) != cfg.env.id:
+        other_cfg = other.load_config()
+        if (env_id := other_cfg.env.id) != cfg.env.id:
             raise ConfigError(
                 f"--reward-of {reward_run}: its reward was learned on {env_id}, this run acts on {cfg.env.id}; "
                 "give a run of the same environment"
             )
-        window = segment_length(other.load_config()) if args.window is None else args.window
+        window = segment_length(other_cfg) if args.window is None else args.window
         if window < 1:
             raise ConfigError(f"--window {window}: give a piece length of at least 1 step, e.g. the segment length")
         reward = load_reward(other) if args.labels is None else refit_reward(other, args.labels)

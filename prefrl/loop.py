@@ -147,6 +147,7 @@ def train_fixed_reward(cfg: TrainConfig, run: RunDir, *, progress: bool = True) 
     """The same agent and chunks on a reward that does not change: the environment's own (the RL baseline), or
     with ``reward_source = "frozen"`` the final learned reward of the run ``cfg.reward_from``."""
     torch.manual_seed(cfg.seed)
+    T = segment_length(cfg)  # the pieces evaluations cut a frozen reward's play into
     venv = make_vec_env(cfg.env, seed=cfg.seed)
     reward = freeze_reward(cfg, run) if cfg.reward_source == "frozen" else None
     if reward is not None:
@@ -172,7 +173,7 @@ def train_fixed_reward(cfg: TrainConfig, run: RunDir, *, progress: bool = True) 
             "timesteps": agent.num_timesteps,
             "wall_s": clock(),
             **rollout_metrics(agent, venv if reward is not None else None),
-            **evaluate_due(agent, cfg, since, reward=reward, window=segment_length(cfg)),
+            **evaluate_due(agent, cfg, since, reward=reward, window=T),
         }
         log.log(row)
         save_agent(agent, run)
@@ -180,7 +181,7 @@ def train_fixed_reward(cfg: TrainConfig, run: RunDir, *, progress: bool = True) 
         bar.update(agent.num_timesteps - bar.n)
         bar.set_postfix(_postfix(row), refresh=False)
     bar.close()
-    final = evaluate(agent, cfg, reward=reward, window=segment_length(cfg))
+    final = evaluate(agent, cfg, reward=reward, window=T)
     log.log({"timesteps": agent.num_timesteps, "wall_s": clock(), **final})
     venv.close()
     return finish(run, agent.num_timesteps, final, 0)
