@@ -54,6 +54,17 @@ def group_by_k(comparisons: list[Comparison], row: dict[int, int]) -> list[Compa
     return [ComparisonGroup(cs, row) for _, cs in sorted(by_k.items())]
 
 
+def referenced_segments(
+    comparisons: Sequence[Comparison], segments: Mapping[int, Segment]
+) -> tuple[list[Segment], dict[int, int]]:
+    """The segments ``comparisons`` refer to, each once in first-seen order, and their row per segment id."""
+    ids = list(dict.fromkeys(i for c in comparisons for i in c.segment_ids))
+    missing = [i for i in ids if i not in segments]
+    if missing:
+        raise ValueError(f"comparisons refer to segments {missing[:5]} missing from `segments`; pass all of them")
+    return [segments[i] for i in ids], {sid: r for r, sid in enumerate(ids)}
+
+
 class RewardTrainer:
     """Fits a :class:`RewardEnsemble`; the L2 strength and Adam state persist across :meth:`fit` calls.
 
@@ -155,12 +166,8 @@ class RewardTrainer:
             return metrics
 
         # Net inputs of every referenced segment, once: (S, T, ...) and mask (S, T).
-        ids = list(dict.fromkeys(i for c in (*train, *val) for i in c.segment_ids))
-        missing = [i for i in ids if i not in segments]
-        if missing:
-            raise ValueError(f"comparisons refer to segments {missing[:5]} missing from `segments`; pass all of them")
-        bank = self.ensemble.feature_bank([segments[i] for i in ids])
-        row = {sid: r for r, sid in enumerate(ids)}
+        used, row = referenced_segments([*train, *val], segments)
+        bank = self.ensemble.feature_bank(used)
         train_g, val_g = group_by_k(train, row), group_by_k(val, row)
 
         K = self.ensemble.members

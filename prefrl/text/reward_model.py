@@ -31,7 +31,7 @@ from torch import nn
 
 from prefrl.data import Comparison, DataError, Segment
 from prefrl.reward.losses import preference_loss
-from prefrl.reward.trainer import ComparisonGroup, group_by_k, split_comparisons
+from prefrl.reward.trainer import ComparisonGroup, group_by_k, referenced_segments, split_comparisons
 from prefrl.text.lm import LanguageModel, Rollout
 
 
@@ -286,14 +286,8 @@ class TextRewardTrainer:
             "reward/steps": float(self.steps),
         }
         if train:
-            ids = list(dict.fromkeys(i for c in (*train, *val) for i in c.segment_ids))
-            missing = [i for i in ids if i not in segments]
-            if missing:
-                raise ValueError(
-                    f"comparisons refer to segments {missing[:5]} missing from `segments`; pass all of them"
-                )
-            batch = self.model.batch([segments[i] for i in ids])
-            row = {sid: r for r, sid in enumerate(ids)}
+            used, row = referenced_segments([*train, *val], segments)
+            batch = self.model.batch(used)
             train_g, val_g = group_by_k(train, row), group_by_k(val, row)
             feats = self._frozen_features(batch) if self.frozen else None  # (S, E) or None
             K = self.model.members
