@@ -65,6 +65,20 @@ def referenced_segments(
     return [segments[i] for i in ids], {sid: r for r, sid in enumerate(ids)}
 
 
+def fit_metrics(train: Sequence[Any], val: Sequence[Any], steps: int) -> dict[str, float]:
+    """The ``reward/*`` metrics a fit starts from: no loss or accuracy until an epoch is scored (NaN), the
+    sizes of the train and validation splits, and the gradient steps taken so far."""
+    return {
+        "reward/train_loss": math.nan,
+        "reward/val_loss": math.nan,
+        "reward/train_acc": math.nan,
+        "reward/val_acc": math.nan,
+        "reward/n_train": float(len(train)),
+        "reward/n_val": float(len(val)),
+        "reward/steps": float(steps),
+    }
+
+
 class RewardTrainer:
     """Fits a :class:`RewardEnsemble`; the L2 strength and Adam state persist across :meth:`fit` calls.
 
@@ -149,15 +163,9 @@ class RewardTrainer:
             raise ValueError(f"epochs and min_steps must be >= 0, got {epochs} and {min_steps}")
         train, val = split_comparisons(comparisons, self.val_fraction)
         metrics = {
-            "reward/train_loss": math.nan,
-            "reward/val_loss": math.nan,
-            "reward/train_acc": math.nan,
-            "reward/val_acc": math.nan,
+            **fit_metrics(train, val, self.steps),
             "reward/l2": self.l2,
-            "reward/n_train": float(len(train)),
-            "reward/n_val": float(len(val)),
             "reward/epochs": 0.0,
-            "reward/steps": float(self.steps),
             "reward/fit_s": 0.0,
             "reward/epoch_s": math.nan,
         }

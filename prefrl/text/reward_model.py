@@ -31,7 +31,13 @@ from torch import nn
 
 from prefrl.data import Comparison, DataError, Segment
 from prefrl.reward.losses import preference_loss
-from prefrl.reward.trainer import ComparisonGroup, group_by_k, referenced_segments, split_comparisons
+from prefrl.reward.trainer import (
+    ComparisonGroup,
+    fit_metrics,
+    group_by_k,
+    referenced_segments,
+    split_comparisons,
+)
 from prefrl.text.lm import LanguageModel, Rollout
 
 
@@ -276,15 +282,7 @@ class TextRewardTrainer:
         if epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {epochs}")
         train, val = split_comparisons(comparisons, self.val_fraction)
-        metrics = {
-            "reward/train_loss": math.nan,
-            "reward/val_loss": math.nan,
-            "reward/train_acc": math.nan,
-            "reward/val_acc": math.nan,
-            "reward/n_train": float(len(train)),
-            "reward/n_val": float(len(val)),
-            "reward/steps": float(self.steps),
-        }
+        metrics = fit_metrics(train, val, self.steps)
         if train:
             used, row = referenced_segments([*train, *val], segments)
             batch = self.model.batch(used)
