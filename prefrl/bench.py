@@ -43,8 +43,9 @@ baseline = "hopper"                   # ... measured against that experiment's t
 
 Results (rewritten whenever a run finishes) in ``OUT/``: ``finished/`` (the records above), ``runs.csv`` (one
 row per run and evaluation point), ``summary.md`` (final true return, ratio and normalized score against the
-true-reward runs of the same seeds) and ``returns.png`` (one panel per experiment; true return vs steps, mean
-over seeds with a min–max band), plus one ``returns-NAME.png`` per experiment.
+true-reward runs of the same seeds; the unfinished runs' latest evaluations) and ``returns.png`` (one panel
+per experiment; true return vs steps, mean over seeds with a min–max band), plus one ``returns-NAME.png`` per
+experiment.
 """
 
 from __future__ import annotations
@@ -327,15 +328,15 @@ def _check_runs(jobs: list[Job]) -> None:
             check_config(job.config)
             checked.add(key)
         if (job.run_dir / "config.toml").exists():
-            saved, what = to_dict(RunDir(job.run_dir).load_config()), f"{job.run_dir}"
+            saved_cfg, what = RunDir(job.run_dir).load_config(), f"{job.run_dir}"
             away = "move that run directory away to start it afresh"
         elif job.record.exists():
-            saved = to_dict(loads_config(_read_record(job)["config"]))
+            saved_cfg = loads_config(_read_record(job)["config"])
             what = f"the finished run recorded in {job.record}"
             away = "delete that record to run it afresh"
         else:
             continue
-        saved, wanted = _flat(saved), _flat(to_dict(job.config))
+        saved, wanted = _settled(saved_cfg), _settled(job.config)
         diff = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k) and _matters(job, k)]
         if diff == ["total_timesteps"] and wanted[diff[0]] > saved[diff[0]]:
             why = _cannot_lengthen(job)
@@ -351,6 +352,17 @@ def _check_runs(jobs: list[Job]) -> None:
                 f"bench: {what} was started with {k} = {saved.get(k)!r}, the grid now gives {wanted.get(k)!r}; "
                 f"restore the grid file, or {away}"
             )
+
+
+def _settled(cfg: TrainConfig) -> dict[str, Any]:
+    """The flat config, with the settings whose ``auto`` was once a fixed default replaced by what they settle to:
+    a run made when the default was written down is the same run as one that leaves it to ``auto``."""
+    from prefrl.loop import ends_share
+
+    flat = _flat(to_dict(cfg))
+    for key, settle in {"labels.ends_share": ends_share}.items():
+        flat[key] = settle(cfg)
+    return flat
 
 
 # What a run on the true reward never reads: a grid may retune the preference learning without restarting it.
@@ -864,6 +876,7 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
             f"{late_ratio} | {norm} | {goal}{wall} |"
         )
     lines += ["", "Random policy: " + ", ".join(f"{e} {v:.1f}" for e, v in randoms.items()), ""]
+    lines += _part_way_lines(grid, rows)
     if grid.notes:
         lines += ["## Notes", ""]
         lines += [grid.notes[""], ""] if "" in grid.notes else []
@@ -872,6 +885,40 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
     tmp.write_text("\n".join(lines))
     tmp.replace(path)
     return path
+
+
+def _part_way_lines(grid: Grid, rows: list[dict[str, Any]]) -> list[str]:
+    """A table of the unfinished runs' latest evaluations, beside the true-reward run of the same seed at the same
+    steps: where a grid that takes days stands before its final table has anything to show."""
+    by_run: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_run.setdefault((*_group(r), r["seed"]), []).append(r)
+    lines = []
+    for job in grid.jobs:
+        mine = by_run.get((*job.group, job.seed))
+        if _finished(job) or not mine:
+            continue
+        last = mine[-1]
+        base = by_run.get((grid.baseline_of(job.experiment), "true", 0, "", job.seed), [])
+        at = [b["true_return"] for b in base if b["timesteps"] == last["timesteps"]]
+        labels = f"{last['labels_used']:,}" if job.method != "true" else "—"
+        lines.append(
+            f"| {job.name} | {_steps(last['timesteps'])} of {_steps(job.config.total_timesteps)} | {labels} | "
+            f"{last['true_return']:.1f} | {f'{at[0]:.1f}' if at and job.method != 'true' else '—'} |"
+        )
+    if not lines:
+        return []
+    return [
+        "## Runs part-way",
+        "",
+        "Latest evaluation of each unfinished run (true return, as above) and, for a preference run, that of the",
+        "true-reward run of the same seed at the same steps.",
+        "",
+        "| run | evaluated at | labels | true return | true-reward run there |",
+        "|---|---:|---:|---:|---:|",
+        *lines,
+        "",
+    ]
 
 
 def _goal(goal: dict[str, float], ratio: float | str, final: float) -> str:

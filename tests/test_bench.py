@@ -1,8 +1,11 @@
 import csv
+import dataclasses
 import json
+import math
 import re
 import secrets
 import shutil
+import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -97,7 +100,7 @@ def test_local_pool_runs_the_grid_and_writes_table_summary_and_plots(pool):
         else:
             assert {r["labels_used"] for r in mine} == {"0"} and {r["predicted_return"] for r in mine} == {""}
     summary = (pool.out / "summary.md").read_text()
-    assert "Runs finished: 8 of 8." in summary
+    assert "Runs finished: 8 of 8." in summary and "Runs part-way" not in summary
     for env in ("CartPole-v1", "Pendulum-v1"):
         assert any(f"| {env} | PPO, true reward |" in line and "| 2/2 |" in line for line in summary.splitlines())
         assert any(f"| {env} | prefrl | 20 | disagreement | 2/2 |" in line for line in summary.splitlines())
@@ -431,3 +434,62 @@ def test_the_summary_names_the_true_reward_agent_by_its_algorithm(tmp_path):
     summary = write_summary(grid, [], tmp_path / "summary.md", randoms={}).read_text()
     assert "| cp-a2c | CartPole-v1 | A2C, true reward |" in summary
     assert "| cp-ppo | CartPole-v1 | PPO, true reward |" in summary
+
+
+def test_the_summary_shows_where_unfinished_runs_stand_beside_the_true_reward_run_at_the_same_steps(tmp_path):
+    (tmp_path / "g.toml").write_text(
+        'name = "g"\nseeds = [0, 1]\nlabels = [10]\ntimesteps = 8000\n'
+        '[[experiments]]\nenv = "CartPole-v1"\nname = "cp"\n'
+    )
+    grid = load_grid(tmp_path / "g.toml", runs_dir=tmp_path / "runs")
+    job = {(j.method, j.seed): j for j in grid.jobs}
+
+    def row(method, seed, t, ret, labels_used):
+        return {
+            "experiment": "cp", "env": "CartPole-v1", "method": method, "labels": 10 if method == "prefrl" else 0,
+            "sampler": "disagreement" if method == "prefrl" else "", "seed": seed, "timesteps": t,
+            "true_return": ret, "predicted_return": math.nan, "labels_used": labels_used, "wall_s": 1.0,
+        }  # fmt: skip
+
+    rows = [
+        row("true", 0, 2000, 20.0, 0),
+        row("true", 0, 4000, 55.0, 0),
+        row("prefrl", 0, 2000, 12.0, 6),
+        row("prefrl", 0, 4000, 31.5, 8),
+        row("prefrl", 1, 2000, 9.0, 6),  # seed 1's true-reward run has not been evaluated yet
+    ]
+    summary = write_summary(grid, rows, tmp_path / "summary.md", randoms={}).read_text()
+    table = summary.split("## Runs part-way")[1].splitlines()
+    assert f"| {job['prefrl', 0].name} | 4k of 8k | 8 | 31.5 | 55.0 |" in table
+    assert f"| {job['prefrl', 1].name} | 2k of 8k | 6 | 9.0 | — |" in table
+    assert f"| {job['true', 0].name} | 4k of 8k | — | 55.0 | — |" in table
+    assert not any(job["true", 1].name in line for line in table)  # nothing evaluated, nothing to show
+
+
+def test_a_run_that_wrote_down_what_auto_settles_to_is_the_run_the_grid_asks_for(pool, tmp_path):
+    """Recorded runs made when ``labels.ends_share`` defaulted to 0.5 are the ones a grid leaving it to ``auto``
+    (0.5 off Atari) asks for; a value ``auto`` does not settle to is still refused."""
+    job = next(j for j in pool.grid.jobs if j.method == "prefrl" and j.experiment == "cartpole")
+    runs = tmp_path / "runs"
+    shutil.copytree(pool.runs, runs)
+    saved = RunDir(runs / job.run_dir.name)
+    for share, accepted in ((0.5, True), (0.25, False)):
+        saved.save_config(
+            dataclasses.replace(job.config, labels=dataclasses.replace(job.config.labels, ends_share=share))
+        )
+        if accepted:
+            assert load_grid(SMOKE, runs_dir=runs).jobs
+        else:
+            with pytest.raises(
+                ConfigError, match=re.escape("was started with labels.ends_share = 0.25, the grid now gives 0.5")
+            ):
+                load_grid(SMOKE, runs_dir=runs)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "grids").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_grid_accepts_the_finished_runs_its_committed_results_record(path, tmp_path):
+    """A fresh checkout goes on with a grid from its committed records: a changed default must not refuse them."""
+    results = ROOT / "benchmarks" / "results" / tomllib.loads(path.read_text())["name"]
+    grid = load_grid(path, runs_dir=tmp_path / "runs", out_dir=results)  # refuses a record made otherwise
+    records = set((results / "finished").glob("*.json"))
+    assert {j.record for j in grid.jobs if j.record.exists()} == records  # each record is a run of the grid
