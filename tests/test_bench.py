@@ -436,6 +436,33 @@ def test_the_summary_names_the_true_reward_agent_by_its_algorithm(tmp_path):
     assert "| cp-ppo | CartPole-v1 | PPO, true reward |" in summary
 
 
+def test_the_summary_names_the_machines_and_commits_the_finished_runs_ran_on(tmp_path):
+    (tmp_path / "g.toml").write_text(
+        'name = "g"\nseeds = [0, 1]\nlabels = [10]\ntimesteps = 8000\n'
+        '[[experiments]]\nenv = "CartPole-v1"\nname = "cp"\n'
+    )
+    grid = load_grid(tmp_path / "g.toml", runs_dir=tmp_path / "runs", out_dir=tmp_path / "out")
+    ran = {
+        ("true", 0): ("Chip A, 2 cores, Python 3.11.7, torch 2.13.0+cpu", "aaaaaaa"),
+        ("true", 1): ("Chip A, 2 cores, Python 3.11.7, torch 2.13.0+cpu", "bbbbbbb"),
+        ("prefrl", 0): ("Chip A, 2 cores, Python 3.11.7, torch 2.13.0+cpu", "aaaaaaa"),
+        ("prefrl", 1): ("Chip B, 2 cores, Python 3.11.7, torch 2.13.0+cpu", "ccccccc"),
+    }
+    for job in grid.jobs:
+        where, commit = ran[job.method, job.seed]
+        record = {"run": job.name, "commit": commit, "machine": f"{where}, commit {commit}", "rows": [],
+                  "final": {"timesteps": 8000, "true_return": 1.0}}  # fmt: skip
+        job.record.parent.mkdir(parents=True, exist_ok=True)
+        job.record.write_text(json.dumps(record))
+    header = write_summary(grid, [], tmp_path / "summary.md", randoms={}).read_text().split("\n\n")[1]
+    assert header.startswith(
+        "Machine: the finished runs ran on Chip A, 2 cores, Python 3.11.7, torch 2.13.0+cpu (3 runs at commits "
+        "aaaaaaa, bbbbbbb); Chip B, 2 cores, Python 3.11.7, torch 2.13.0+cpu (1 run at commit ccccccc); "
+        "tables written on "
+    )
+    assert "Runs finished: 4 of 4." in write_summary(grid, [], tmp_path / "summary.md", randoms={}).read_text()
+
+
 def test_the_summary_shows_where_unfinished_runs_stand_beside_the_true_reward_run_at_the_same_steps(tmp_path):
     (tmp_path / "g.toml").write_text(
         'name = "g"\nseeds = [0, 1]\nlabels = [10]\ntimesteps = 8000\n'
