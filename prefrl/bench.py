@@ -59,12 +59,15 @@ import math
 import os
 import platform
 import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -477,10 +480,10 @@ def run_grid(
             last_write = time.monotonic()
 
     try:
-        if todo:
-            if ray_address:
+        with _sigterm_interrupts():
+            if todo and ray_address:
                 _run_ray(todo, address=ray_address, workers=workers, on_done=done, poll=view.refresh)
-            else:
+            elif todo:
                 _run_pool(todo, workers=workers, on_done=done, poll=view.refresh)
     finally:
         view.close()
@@ -490,21 +493,82 @@ def run_grid(
 
 
 def _run_pool(todo: list[Job], *, workers: int, on_done, poll) -> None:
+    """The jobs in a pool of ``workers`` processes. Interrupted (Ctrl-C, or ``kill``: see :func:`_sigterm_interrupts`),
+    it stops its workers at once, each run keeping its last checkpoint; killed outright, its workers notice and
+    end themselves (:func:`_init_worker`) rather than train on unwatched."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=mp.get_context("spawn")) as pool:
-        pending = {pool.submit(run_job, job): job for job in todo}
-        try:
-            while pending:
-                ready, _ = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
-                for fut in ready:
-                    on_done(pending.pop(fut), fut.exception())
-                poll()
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
+    before = set(mp.active_children())
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(todo)),
+        mp_context=mp.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(os.getpid(),),
+    )
+    pending = {pool.submit(run_job, job): job for job in todo}
+    try:
+        while pending:
+            ready, _ = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
+            for fut in ready:
+                on_done(pending.pop(fut), fut.exception())
+            poll()
+    except BaseException as e:
+        for fut in pending:
+            fut.cancel()
+        if isinstance(e, _Terminated):  # Ctrl-C reaches the workers itself; a `kill` of this process does not
+            workers_left = set(mp.active_children()) - before
+            for child in workers_left:
+                child.terminate()  # each unwinds as from Ctrl-C (see _init_worker), keeping its checkpoint
+            pool.shutdown(wait=False, cancel_futures=True)
+            for child in workers_left:
+                child.join(timeout=30)
+                if child.is_alive():
+                    child.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _init_worker(parent: int) -> None:
+    """Pool worker initializer: SIGTERM stops this worker's run as Ctrl-C would (also where a shell started the
+    grid in the background, ignoring Ctrl-C's signal), and the worker ends once the process that started it is
+    gone (killed with no chance to stop it). Its run resumes from its last checkpoint next time, and its lock is
+    free for that."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="prefrl-exit-with-parent", daemon=True).start()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, to stop the grid as Ctrl-C does."""
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """``kill`` (SIGTERM) stops a grid as Ctrl-C does: workers stopped, results so far written. Only the main
+    thread can set a signal handler; elsewhere SIGTERM keeps its default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _probe(address: str) -> None:

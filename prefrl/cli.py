@@ -144,8 +144,8 @@ def _train_text(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from prefrl.loop import check_config, train
-    from prefrl.run import RunDir
+    from prefrl.loop import check_config
+    from prefrl.run import RunDir, training_lock
 
     if _text_run(args):
         return _train_text(args)
@@ -166,6 +166,14 @@ def _train(args: argparse.Namespace) -> int:
     if args.db and not (cfg.oracle.kind == "human" and cfg.reward_source == "learned"):
         raise ConfigError("--db names the web labeler's label store; it needs --oracle human")
     print(f"prefrl: run directory {run.path}", file=sys.stderr)
+    with training_lock(run.path):  # the baseline's and the labeler's time too: refused before either starts
+        return _train_run(args, cfg, run)
+
+
+def _train_run(args: argparse.Namespace, cfg: TrainConfig, run: RunDir) -> int:
+    from prefrl.loop import train
+    from prefrl.run import RunDir
+
     if cfg.oracle.kind == "human" and cfg.reward_source == "learned":
         return _train_with_labeler(args, cfg, run)
     if cfg.baseline and cfg.reward_source == "learned":

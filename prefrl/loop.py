@@ -28,7 +28,7 @@ from prefrl.data import SKIP, TIE, ComparisonStore, Segment
 from prefrl.make import default_segment_length, env_kind, make_agent, make_vec_env, resolve_env_id
 from prefrl.oracles import Oracle, make_teacher
 from prefrl.reward import RewardEnsemble, RewardTrainer
-from prefrl.run import RunDir, Stopwatch, restore_rng, rng_state
+from prefrl.run import RunDir, Stopwatch, restore_rng, rng_state, training_lock
 from prefrl.segments import LabelSchedule, RecordSegments, SegmentBuffer, collect_random, select_queries
 from prefrl.wrappers import LearnedReward
 
@@ -46,6 +46,13 @@ class Result:
 def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progress: bool = True) -> Result:
     """Learn ``cfg.env`` from preferences (or from its true reward when ``cfg.reward_source == "true"``)."""
     if run.finished():
+        return Result(run, **run.read_final())
+    with training_lock(run.path):
+        return _train(cfg, run, oracle=oracle, progress=progress)
+
+
+def _train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None, progress: bool) -> Result:
+    if run.finished():  # by the process that held the lock before this one
         return Result(run, **run.read_final())
     resuming = run.has_checkpoint()
     if not resuming:

@@ -9,6 +9,7 @@ RUN/
   checkpoint/        agent.zip, reward.pt, buffer.npz, state.json (written last: the commit marker)
   tb/                TensorBoard events, when tensorboard is installed
   plots/             PNGs
+  train.lock         held while a process trains the run; names that process
 ```
 """
 
@@ -18,13 +19,16 @@ import csv
 import json
 import math
 import os
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from prefrl.config import TrainConfig, loads_config, save_config
+from prefrl.config import ConfigError, TrainConfig, loads_config, save_config
 
 
 class MetricsLog:
@@ -150,6 +154,61 @@ class RunDir:
 
     def read_final(self) -> dict[str, Any]:
         return json.loads((self.ckpt / "final.json").read_text())
+
+
+_LOCKED: set[Path] = set()  # the run directories this process holds the training lock of
+
+
+@contextmanager
+def training_lock(path: str | Path) -> Iterator[None]:
+    """Hold ``path/train.lock`` while this process trains the run in ``path``, and refuse any other process.
+
+    Two processes training one directory (a command started twice, a grid worker left running by a killed
+    ``prefrl bench``) would write two agents' checkpoints and labels over each other. The lock is the operating
+    system's (``flock``), so it ends with the process however that ends; people labeling in ``prefrl label``
+    beside the trainer do not take it, and the process holding it may take it again (a command that trains
+    a run's true-reward baseline before the run holds it throughout). Where ``flock`` does not exist (Windows)
+    nothing is locked.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from prefrl.run import training_lock
+        >>> with tempfile.TemporaryDirectory() as tmp, training_lock(tmp):
+        ...     (Path(tmp) / "train.lock").read_text().split()[0]
+        'process'
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    key = path.resolve()
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is None or key in _LOCKED:
+        yield
+        return
+    with open(path / "train.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise ConfigError(
+                f"{path} is in use: {holder} is training it; wait for that to end or stop it, then run the same "
+                "command again to resume"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        _LOCKED.add(key)
+        try:
+            yield
+        finally:
+            _LOCKED.discard(key)
+            f.truncate(0)  # it names no one once free (a killed holder's name stays, with the lock free)
+        # closing the file releases the lock
 
 
 def _has_tensorboard() -> bool:

@@ -2,9 +2,14 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import re
 import secrets
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +25,7 @@ from prefrl.cli import main
 from prefrl.config import ConfigError, load_config, loads_config
 from prefrl.data import ComparisonStore
 from prefrl.make import make_agent, make_vec_env
-from prefrl.run import RunDir
+from prefrl.run import RunDir, training_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "benchmarks" / "grids" / "smoke.toml"
@@ -520,3 +525,81 @@ def test_every_shipped_grid_accepts_the_finished_runs_its_committed_results_reco
     grid = load_grid(path, runs_dir=tmp_path / "runs", out_dir=results)  # refuses a record made otherwise
     records = set((results / "finished").glob("*.json"))
     assert {j.record for j in grid.jobs if j.record.exists()} == records  # each record is a run of the grid
+
+
+LONG_GRID = 'name = "long"\nseeds = [0]\nlabels = []\ntimesteps = 10_000_000\n[[experiments]]\nenv = "CartPole-v1"\n'
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie left for a parent that no longer reaps it does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _until(cond, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _start_long_grid(tmp_path):
+    """``prefrl bench`` on a run far too long to finish, and the pid of the pool worker training it."""
+    (tmp_path / "long.toml").write_text(LONG_GRID)
+    run_dir = load_grid(tmp_path / "long.toml", runs_dir=tmp_path / "runs").jobs[0].run_dir
+    cmd = [sys.executable, "-m", "prefrl.cli", "bench", str(tmp_path / "long.toml"), "--workers", "1"]
+    cmd += ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--no-progress"]
+    parent = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    lock = run_dir / "train.lock"
+
+    def holder() -> int:  # a run stopped by a signal leaves its last holder's name behind
+        words = lock.read_text().split() if lock.exists() else []
+        return int(words[1]) if len(words) > 1 and words[0] == "process" and _alive(int(words[1])) else 0
+
+    assert _until(holder, 180), "no worker took the run"
+    worker = holder()
+    assert worker != parent.pid and _alive(worker)
+    return parent, worker, run_dir
+
+
+def test_a_killed_bench_stops_its_workers_and_frees_their_runs(tmp_path):
+    """``kill`` stops the grid as Ctrl-C does; ``kill -9`` leaves workers that notice and end themselves. Either
+    way no worker trains on unwatched, and the run is free for the next ``prefrl bench`` to resume."""
+    parent, worker, run_dir = _start_long_grid(tmp_path)
+    parent.send_signal(signal.SIGTERM)
+    _, err = parent.communicate(timeout=120)
+    assert parent.returncode == 130 and "run the same `prefrl bench` command again to resume" in err
+    assert "Traceback" not in err and "leaked" not in err  # the worker unwound, as from Ctrl-C
+    assert _until(lambda: not _alive(worker), 10)
+    assert (tmp_path / "out" / "summary.md").exists()  # the results so far
+    with training_lock(run_dir):
+        pass
+
+    parent, worker, run_dir = _start_long_grid(tmp_path)
+    parent.kill()
+    parent.wait(timeout=30)
+    assert _until(lambda: not _alive(worker), 20)
+    with training_lock(run_dir):
+        pass
+
+
+def test_a_second_trainer_of_a_run_is_refused_while_another_process_trains_it(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    hold = "import sys, time\nfrom prefrl.run import training_lock\nwith training_lock(sys.argv[1]):\n"
+    hold += "    print('held', flush=True)\n    time.sleep(600)\n"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        rc = main(["train", "--run-dir", str(run_dir), "--set", "total_timesteps=2048", "--no-progress"])
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{run_dir} is in use: process {holder.pid} on " in err and "is training it" in err
+    assert not (run_dir / "config.toml").exists()  # refused before it touched the run
+    with training_lock(run_dir):  # free once its holder is gone, however it ended
+        assert (run_dir / "train.lock").read_text().startswith(f"process {os.getpid()} on ")

@@ -50,7 +50,7 @@ import torch
 from envs.text import DATA_DIR, EOS, TextContinuationEnv, WordTokenizer
 from prefrl.config import ConfigError, _merge, _toml_safe, parse_override
 from prefrl.data import Comparison, ComparisonStore, Segment
-from prefrl.run import MetricsLog, restore_rng, rng_state
+from prefrl.run import MetricsLog, restore_rng, rng_state, training_lock
 from prefrl.segments import select_queries
 from prefrl.text.lm import TINY_MODELS, LanguageModel, Rollout, load_lm
 from prefrl.text.oracles import (
@@ -567,6 +567,16 @@ def train_text(
     final_file = path / "final.json"
     if final_file.exists():
         return json.loads(final_file.read_text())
+    with training_lock(path):
+        if final_file.exists():  # by the process that held the lock before this one
+            return json.loads(final_file.read_text())
+        return _train_text(cfg, path, progress=progress, oracle=oracle, on_start=on_start)
+
+
+def _train_text(
+    cfg: TextConfig, path: Path, *, progress: bool, oracle: Any, on_start: Callable[[TextRun], None] | None
+) -> dict[str, Any]:
+    final_file = path / "final.json"
     run = TextRun(cfg, path, oracle=oracle)
     if on_start is not None:
         on_start(run)
