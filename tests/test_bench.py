@@ -531,7 +531,13 @@ LONG_GRID = 'name = "long"\nseeds = [0]\nlabels = []\ntimesteps = 10_000_000\n[[
 
 
 def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie left for a parent that no longer reaps it does not)."""
+    """Whether ``pid`` runs (a zombie left for a parent that no longer reaps it does not, where /proc tells)."""
+    if not Path("/proc/self/stat").exists():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
