@@ -535,11 +535,7 @@ def _init_worker(parent: int) -> None:
     grid in the background, ignoring Ctrl-C's signal), and the worker ends once the process that started it is
     gone (killed with no chance to stop it). Its run resumes from its last checkpoint next time, and its lock is
     free for that."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGTERM, _raise_terminated)
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -550,7 +546,11 @@ def _init_worker(parent: int) -> None:
 
 
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the main thread is, to stop the grid as Ctrl-C does."""
+    """SIGTERM, raised where the main thread is, to stop the grid (or a worker's run) as Ctrl-C does."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
 
 
 @contextmanager
@@ -561,10 +561,7 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
         return
 
-    def interrupt(signum: int, frame: Any) -> None:
-        raise _Terminated
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     finally:
