@@ -45,12 +45,14 @@ class Result:
 
 def train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None = None, progress: bool = True) -> Result:
     """Learn ``cfg.env`` from preferences (or from its true reward when ``cfg.reward_source == "true"``)."""
+    if run.finished():  # needs no lock: nothing is written, and its trainer may still be writing plots
+        return Result(run, **run.read_final())
     with training_lock(run.path):
         return _train(cfg, run, oracle=oracle, progress=progress)
 
 
 def _train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None, progress: bool) -> Result:
-    if run.finished():  # also by a process that held the lock before this one
+    if run.finished():  # by the process that held the lock before this one
         return Result(run, **run.read_final())
     resuming = run.has_checkpoint()
     if not resuming:

@@ -1,4 +1,5 @@
 import dataclasses as dc
+import fcntl
 
 import gymnasium as gym
 import numpy as np
@@ -271,6 +272,9 @@ def test_a_finished_run_is_not_trained_or_evaluated_again(tmp_path, monkeypatch)
     monkeypatch.setattr(loop, "evaluate", lambda *a, **k: pytest.fail("evaluated a finished run again"))
     again = loop.train(cfg, run, progress=False)
     assert again == first and len(run.metrics().rows) == rows
+    with open(run.path / "train.lock", "a+") as held:  # another process still holds it (e.g. writing plots)
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert loop.train(cfg, run, progress=False) == first  # a finished run's result needs no lock
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import re
 import sqlite3
@@ -155,6 +156,9 @@ def test_cli_trains_a_text_experiment_and_plots_it(tmp_path, capsys):
     assert saved.ppo_steps == 4 and "ppo_steps" in saved.overrides
     assert json.loads((tmp_path / "run" / "final.json").read_text())["labels"] == 36
     assert main(["train", "--resume", str(tmp_path / "run"), "--no-progress"]) == 0  # finished: returns at once
+    with open(tmp_path / "run" / "train.lock", "a+") as held:  # another process still holds it (e.g. writing plots)
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert train_text(saved, tmp_path / "run", progress=False)["labels"] == 36  # a finished run needs no lock
     assert main(["train", str(exp), "--set", "labels.k=1"]) == 2
     assert "labels.k = 1 must be >= 2" in capsys.readouterr().err
 

@@ -563,6 +563,9 @@ def train_text(
     ``oracle`` answers the queries instead of the configured scorer (e.g. a
     :class:`~prefrl.oracles.HumanOracle` on the web labeler's queue); ``on_start(run)`` is called once the
     run is built, before anything is asked."""
+    final_file = Path(path) / "final.json"
+    if final_file.exists():  # needs no lock: nothing is written, and its trainer may still be writing plots
+        return json.loads(final_file.read_text())
     with training_lock(path):
         return _train_text(cfg, Path(path), progress=progress, oracle=oracle, on_start=on_start)
 
@@ -571,7 +574,7 @@ def _train_text(
     cfg: TextConfig, path: Path, *, progress: bool, oracle: Any, on_start: Callable[[TextRun], None] | None
 ) -> dict[str, Any]:
     final_file = path / "final.json"
-    if final_file.exists():  # also by a process that held the lock before this one
+    if final_file.exists():  # by the process that held the lock before this one
         return json.loads(final_file.read_text())
     run = TextRun(cfg, path, oracle=oracle)
     if on_start is not None:
