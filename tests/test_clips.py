@@ -46,13 +46,14 @@ def test_clip_is_an_mp4_of_the_segment_in_real_time(env_id, tmp_path):
     ms = (time.perf_counter() - start) * 1e3
     print(f"{env_id}: render+encode {ms:.0f} ms for {seg.T} frames, {path.stat().st_size} bytes")
     frames = renderer.frames(seg)
-    with av.open(str(path)) as clip:
+    with av.open(str(path)) as clip:  # the stream's properties are readable only while the file is open
         stream = clip.streams.video[0]
-        assert stream.codec_context.name == "h264"
+        codec, rate = stream.codec_context.name, stream.average_rate
         decoded = [f.to_ndarray(format="rgb24") for f in clip.decode(stream)]
+    assert codec == "h264"
     # a frame per shown step (CartPole: 50 steps/s, every 2nd; Pendulum: 30, all), lasting as long as the steps do
     assert len(decoded) == len(frames) == len(renderer.frame_steps(seg)) == -(-seg.T // renderer.stride)
-    assert renderer.fps <= 30 and stream.average_rate == renderer.fps
+    assert renderer.fps <= 30 and rate == renderer.fps
     assert renderer.fps * renderer.stride == renderer.env.metadata["render_fps"]
     assert decoded[0].shape == frames[0].shape and decoded[0].shape[0] % 2 == 0 and decoded[0].shape[1] % 2 == 0
     assert max(decoded[0].shape[:2]) == 128
