@@ -95,7 +95,7 @@ RUNS_COLUMNS = [
 # Keys of a grid file (top level) and of an [[experiments]] entry, with their types.
 _VARIED = {"seeds": list, "labels": list, "samplers": list, "true_reward": bool, "timesteps": int, "set": list}
 _EVAL = {"eval_every": int, "eval_episodes": int}
-_REPORT = {"goal_ratio": float, "goal_return": float, "notes": str}
+_REPORT = {"goal_ratio": float, "goal_return": float, "goal_worst": float, "notes": str}
 _TOP = {"name": str, "experiments": list, **_VARIED, **_EVAL, **_REPORT}
 _EXPERIMENT = {"experiment": str, "env": str, "name": str, "baseline": str, **_VARIED, **_EVAL, **_REPORT}
 _DEFAULTS: dict[str, Any] = {
@@ -147,7 +147,8 @@ class Grid:
     out_dir: Path
     """Results: ``runs.csv``, ``summary.md``, the plots and the records of the finished runs."""
     goals: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
-    """Per experiment: ``goal_ratio`` and/or ``goal_return`` that its preference runs are to reach."""
+    """Per experiment: ``goal_ratio``, ``goal_return`` (on the mean over seeds) and ``goal_worst`` (the final return
+    of every seed) that its preference runs are to reach."""
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
     """Text for the summary, per experiment ("" for the whole grid)."""
     baselines: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -211,7 +212,7 @@ def load_grid(path: str | Path, *, runs_dir: Path | None = None, out_dir: Path |
         seen.add(exp)
         if "baseline" in entry:
             baselines[exp] = (entry["baseline"], where)
-        wanted = {k: entry.get(k, data.get(k)) for k in ("goal_ratio", "goal_return")}
+        wanted = {k: entry.get(k, data.get(k)) for k in ("goal_ratio", "goal_return", "goal_worst")}
         goals[exp] = {k: float(v) for k, v in wanted.items() if v is not None}
         if entry.get("notes", "").strip():
             notes[exp] = entry["notes"].strip()
@@ -877,8 +878,8 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
     finished = sum(_finished(j) for j in grid.jobs)
     goal_col = any(grid.goals.values())
     goal_text = [
-        "Goal: what the grid file asks of the preference runs (ratio ≥ goal_ratio, final return ≥ goal_return), met",
-        "or missed by the seeds finished so far.",
+        "Goal: what the grid file asks of the preference runs (ratio ≥ goal_ratio, mean final return ≥ goal_return,",
+        "every seed's final return ≥ goal_worst), met or missed by the seeds finished so far.",
     ]
     lines = [
         f"# Grid `{grid.name}`: true return of agents trained from synthetic preferences and on the true reward",
@@ -889,7 +890,8 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
         + (" (the grid is not done; running the same command again resumes it)." if finished < len(grid.jobs) else "."),
         "",
         "Final true return: mean of the last evaluation's episodes per seed (the policy acts as the runs'",
-        "`eval_policy` says: by default deterministically, and sampling on Atari); mean ± std over seeds.",
+        "`eval_policy` says: by default deterministically, and sampling on Atari); mean ± std over seeds, and the",
+        "lowest seed's (worst seed).",
         "Ratio: mean final return / mean final return of the same agent on the true reward, same seeds and steps",
         "(shown when that baseline is positive). Late ratio: the same with each run's mean over its last"
         f" {LATE_EVALS} evaluations,",
@@ -897,11 +899,11 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
         "Normalized: (return − random policy) / (true-reward agent − random policy).",
         *(goal_text if goal_col else []),
         "",
-        "| experiment | env | method | labels | sampler | seeds | steps | final true return | ratio | late ratio "
-        + "| normalized "
+        "| experiment | env | method | labels | sampler | seeds | steps | final true return | worst seed | ratio "
+        + "| late ratio | normalized "
         + ("| goal " if goal_col else "")
         + "| mean wall s |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|" + ("---|" if goal_col else "") + "---:|",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if goal_col else "") + "---:|",
     ]
     for g in groups:
         exp, method, labels, sampler = g
@@ -909,7 +911,7 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
         mine = final.get(g, {})
         if not mine:
             lines.append(f"| {exp} | {env} | {_method(grid, g)} | {labels or '—'} | {sampler or '—'} | 0/{n_seeds[g]} "
-                         "| — | — | — | — | — | " + ("— | " if goal_col else "") + "— |")  # fmt: skip
+                         "| — | — | — | — | — | — | " + ("— | " if goal_col else "") + "— |")  # fmt: skip
             continue
         vals = [v for _, v in mine.values()]
         steps = sorted({t for t, _ in mine.values()})
@@ -930,10 +932,12 @@ def write_summary(grid: Grid, rows: list[dict[str, Any]], path: Path, *, randoms
         wall = f"{np.mean(list(wall_by_seed.values())):.0f}"
         goal = ""
         if goal_col:
-            goal = "— | " if method == "true" else f"{_goal(grid.goals.get(exp, {}), m_ratio, float(np.mean(vals)))} | "
+            achieved = _goal(grid.goals.get(exp, {}), m_ratio, float(np.mean(vals)), float(np.min(vals)))
+            goal = "— | " if method == "true" else f"{achieved} | "
         lines.append(
             f"| {exp} | {env} | {_method(grid, g)} | {labels or '—'} | {sampler or '—'} | {len(mine)}/{n_seeds[g]} | "
-            f"{'/'.join(_steps(t) for t in steps)} | {np.mean(vals):.1f} ± {np.std(vals):.1f} | {ratio} | "
+            f"{'/'.join(_steps(t) for t in steps)} | {np.mean(vals):.1f} ± {np.std(vals):.1f} | {np.min(vals):.1f} | "
+            f"{ratio} | "
             f"{late_ratio} | {norm} | {goal}{wall} |"
         )
     lines += ["", "Random policy: " + ", ".join(f"{e} {v:.1f}" for e, v in randoms.items()), ""]
@@ -1002,8 +1006,9 @@ def _part_way_lines(grid: Grid, rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def _goal(goal: dict[str, float], ratio: float | str, final: float) -> str:
-    """``met``/``missed`` for each goal the grid sets an experiment (``ratio`` says why when there is none)."""
+def _goal(goal: dict[str, float], ratio: float | str, final: float, worst: float) -> str:
+    """``met``/``missed`` for each goal the grid sets an experiment (``ratio`` says why when there is none):
+    ``final`` is the mean final return over seeds, ``worst`` the lowest seed's."""
     parts = []
     if "goal_ratio" in goal:
         want = goal["goal_ratio"]
@@ -1012,6 +1017,9 @@ def _goal(goal: dict[str, float], ratio: float | str, final: float) -> str:
     if "goal_return" in goal:
         want = goal["goal_return"]
         parts.append(f"return ≥ {want:g}: " + ("met" if final >= want else "missed"))
+    if "goal_worst" in goal:
+        want = goal["goal_worst"]
+        parts.append(f"every seed ≥ {want:g}: " + ("met" if worst >= want else "missed"))
     return "; ".join(parts) or "—"
 
 

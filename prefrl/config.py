@@ -25,6 +25,10 @@ class ConfigError(ValueError):
     """A configuration file or override is wrong; the message says what and how to fix it."""
 
 
+class CheckpointError(ConfigError):
+    """A run's checkpoint cannot be read back; the message names the file and how to go on."""
+
+
 @dataclass
 class EnvConfig:
     """The environment the agent acts in, and how many copies of it run side by side."""
@@ -95,6 +99,10 @@ class RewardConfig:
     center: str = "auto"
     """Zero of the agent's reward: ``absorbing`` (the state after termination pays 0), ``mean``, or ``auto``
     (Atari: mean, as the paper; elsewhere absorbing once a terminated segment was seen, else mean)."""
+    norm_on: str = "recent"
+    """Steps the zero and spread are measured on, after every refit: ``recent`` (the last 1,000 segments the agent
+    played), ``labeled`` (every segment a comparison so far showed, random play included) or ``first`` (those of
+    the first fit, and never again: the agent's reward keeps the scale it had when RL started)."""
     std: float = 1.0
     """Spread of each member's reward the agent sees, around that zero. The paper used 0.05 on Atari, about the
     spread of clipped game rewards, so RL hyperparameters tuned on those still fit. Around an ``absorbing`` zero
@@ -169,6 +177,9 @@ class AgentConfig:
     """Hyperparameters passed to the algorithm; ``lin_X`` strings are linear schedules from X to 0."""
     device: str = "cpu"
     """Torch device of the agent (``cpu``, ``cuda``, ...); the reward model stays on the CPU."""
+    relabel: bool = True
+    """Off-policy agents: pay every transition in the replay buffer the current reward after each refit (PEBBLE);
+    ``false`` keeps the reward each was paid when collected (an ablation)."""
     normalize: bool = False
     """Normalize the observations and rewards the agent sees with running statistics (SB3 ``VecNormalize``,
     rl-baselines3-zoo's ``normalize: true``); the reward model and the logged returns see the raw ones."""
@@ -240,6 +251,7 @@ _CHOICES = {
     ("reward", "model"): ("auto", "mlp", "cnn"),
     ("reward", "use_action"): ("auto", "yes", "no"),
     ("reward", "center"): ("auto", "absorbing", "mean"),
+    ("reward", "norm_on"): ("recent", "labeled", "first"),
     ("labels", "sampler"): ("uniform", "disagreement", "entropy"),
     ("oracle", "kind"): ("synthetic", "replay", "human"),
     ("reward_source",): ("learned", "true", "frozen"),
@@ -447,9 +459,26 @@ def dumps_config(cfg: TrainConfig) -> str:
     return tomli_w.dumps(_toml_safe(to_dict(cfg)))
 
 
+# Keys added after runs were first saved, with the value that gives a run saved before the key existed the
+# behaviour it started with. A saved config spells out every key it knew, so a key it lacks takes this value,
+# not today's default: a resumed run never changes behaviour because a default did.
+SINCE: dict[tuple[str, ...], Any] = {
+    ("reward", "norm_on"): "recent",
+    ("agent", "relabel"): True,
+}
+
+
 def loads_config(text: str) -> TrainConfig:
-    """Inverse of :func:`dumps_config`."""
-    return from_dict(tomllib.loads(text))
+    """Inverse of :func:`dumps_config`; a key the saved config lacks takes its value from before the key existed
+    (:data:`SINCE`)."""
+    data = tomllib.loads(text)
+    for path, value in SINCE.items():
+        *parents, key = path
+        section = data
+        for p in parents:
+            section = section.setdefault(p, {})
+        section.setdefault(key, value)
+    return from_dict(data)
 
 
 def _toml_safe(d: Any) -> Any:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 import shutil
-from collections.abc import Iterable
+import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,8 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from tqdm import tqdm
 
-from prefrl.config import ConfigError, OracleConfig, TrainConfig, loads_config
+from prefrl.agents import is_off_policy, keep_in_step
+from prefrl.config import CheckpointError, ConfigError, OracleConfig, TrainConfig, loads_config
 from prefrl.data import SKIP, TIE, ComparisonStore, Segment
 from prefrl.make import default_segment_length, env_kind, make_agent, make_vec_env, resolve_env_id
 from prefrl.oracles import Oracle, make_teacher
@@ -84,6 +87,8 @@ def _train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None, progress: bo
     chunk = chunk_steps(cfg, agent)
     log = run.metrics()
     state: dict[str, Any] = {"timesteps": 0, "random_steps": 0, "wall_s": 0.0}
+    if not resuming:  # a run started over (its checkpoint moved aside) logs afresh; its labels are reused
+        log.truncate_after(-1)
     if resuming:
         agent, state, rng = _restore(run, cfg, agent, env, reward, trainer, buffer, record, log)
     pin_progress(agent, cfg.total_timesteps)
@@ -101,8 +106,12 @@ def _train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None, progress: bo
             segments = labels.segments(i for c in comparisons for i in c.segment_ids)
             if wait and reward.standardize:  # the first fit: the inputs' statistics, fixed from here on
                 standardize_on(reward, segments.values())
+            in_step = keep_in_step(agent, reward, relabel=cfg.agent.relabel)  # brought up to date after the refit
             metrics |= trainer.fit(comparisons, segments, epochs=epochs, min_steps=cfg.reward.min_steps)
-            normalize(reward, buffer, center=reward_center(cfg), std=cfg.reward.std, rng=rng)
+            if wait or cfg.reward.norm_on != "first":
+                seen = list(segments.values()) if cfg.reward.norm_on != "recent" else None
+                metrics |= normalize(reward, buffer, center=reward_center(cfg), std=cfg.reward.std, rng=rng, on=seen)
+            metrics |= in_step()
         return metrics
 
     # 1. Before RL: label segments of a random policy, fit the reward to them.
@@ -164,10 +173,8 @@ def train_fixed_reward(cfg: TrainConfig, run: RunDir, *, progress: bool = True) 
     log = run.metrics()
     state: dict[str, Any] = {"timesteps": 0, "wall_s": 0.0}
     if run.has_checkpoint():
-        state = run.read_state()
-        agent = type(agent).load(run.ckpt / "agent.zip", env=agent.get_env(), device=cfg.agent.device)
-        agent.set_logger(configure(None, []))
-        restore_normalization(agent, run)
+        state = read_checkpoint(run, "state.json", run.read_state)
+        agent = read_checkpoint(run, "agent.zip, normalize.npz or replay.pkl", lambda: load_agent(agent, run, cfg))
         log.truncate_after(agent.num_timesteps)
     pin_progress(agent, cfg.total_timesteps)
     clock = Stopwatch(offset=state["wall_s"])
@@ -318,28 +325,35 @@ def ends_share(cfg: TrainConfig) -> float:
 
 
 def normalize(
-    reward: RewardEnsemble, buffer: SegmentBuffer, *, center: str, std: float = 1.0, rng: np.random.Generator
-) -> None:
-    """Rescale each member to spread ``std`` over recent real steps; pin the absorbing state at 0 when episodes end
-    (any segment in the buffer ended one, not only the recent ones)."""
+    reward: RewardEnsemble,
+    buffer: SegmentBuffer,
+    *,
+    center: str,
+    std: float = 1.0,
+    rng: np.random.Generator,
+    on: list[Segment] | None = None,
+) -> dict[str, float]:
+    """Rescale each member to spread ``std`` over the real steps of ``on`` (default: the buffer's 1,000 most recent
+    segments); pin the absorbing state at 0 when episodes end (any segment in the buffer ended one)."""
     if center == "auto":
         center = "absorbing" if buffer.any_terminated else "mean"
-    normalize_on(reward, buffer.recent(1000), center=center, std=std, rng=rng)
+    return normalize_on(reward, buffer.recent(1000) if on is None else on, center=center, std=std, rng=rng)
 
 
 def normalize_on(
     reward: RewardEnsemble, segs: list[Segment], *, center: str, std: float = 1.0, rng: np.random.Generator
-) -> None:
-    """:func:`normalize` on the real steps of ``segs``; ``center="auto"``: absorbing if one of them ended an episode."""
+) -> dict[str, float]:
+    """:func:`normalize` on the real steps of ``segs``; ``center="auto"``: absorbing if one of them ended an episode.
+    Returns the new shift and scale (``reward/norm_*``)."""
     if not segs:
-        return
+        return {}
     if center == "auto":
         center = "absorbing" if any(s.terminated for s in segs) else "mean"
     obs, act = _real_steps(segs)
     if len(obs) > 20_000:
         idx = rng.choice(len(obs), size=20_000, replace=False)
         obs, act = obs[idx], act[idx]
-    reward.set_normalization(obs, act, center=center, std=std)
+    return reward.set_normalization(obs, act, center=center, std=std)
 
 
 def rollout_metrics(agent: Any, env: LearnedReward | None) -> dict[str, float]:
@@ -616,24 +630,35 @@ def checkpoint(
 
 
 def _restore(run, cfg, agent, env, reward, trainer, buffer, record, log):
-    state = run.read_state()
-    saved = torch.load(run.ckpt / "reward.pt", weights_only=False)
+    state = read_checkpoint(run, "state.json", run.read_state)
+    saved = read_checkpoint(run, "reward.pt", lambda: torch.load(run.ckpt / "reward.pt", weights_only=False))
     reward.load_state_dict(saved["reward"])
     trainer.load_state_dict(saved["trainer"])
     torch.set_rng_state(saved["torch_rng"])
-    buffer.load(run.ckpt / "buffer.npz")
+    read_checkpoint(run, "buffer.npz", lambda: buffer.load(run.ckpt / "buffer.npz"))
     buffer.next_id = state["next_segment_id"]
     record.next_episode = state["next_episode"]
-    agent = type(agent).load(run.ckpt / "agent.zip", env=agent.get_env(), device=cfg.agent.device)
-    agent.set_logger(configure(None, []))
-    restore_normalization(agent, run)
+    agent = read_checkpoint(run, "agent.zip, normalize.npz or replay.pkl", lambda: load_agent(agent, run, cfg))
     log.truncate_after(agent.num_timesteps)
     return agent, state, restore_rng(state["rng"])
 
 
+def read_checkpoint(run: RunDir, name: str, read: Callable[[], Any]) -> Any:
+    """``read()``, with a damaged checkpoint file (cut short by a full disk or a copy that stopped) refused in one
+    line that says how to go on. The labels live apart from the checkpoint, in ``labels.sqlite``, and are kept."""
+    try:
+        return read()
+    except (OSError, EOFError, ValueError, KeyError, RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
+        raise CheckpointError(
+            f"{run.ckpt}: cannot resume, {name} is damaged ({type(e).__name__}: {e}). The labels in "
+            f"{run.labels_path.name} are intact: move {run.ckpt.name}/ aside and run `prefrl train --resume "
+            f"{run.path}` again to start the run over from them"
+        ) from None
+
+
 def chunk_steps(cfg: TrainConfig, agent: Any) -> int:
-    """Steps per chunk, a whole number of rollouts (default ~1/50 of the run)."""
-    rollout = agent.n_steps * agent.n_envs
+    """Steps per chunk, a whole number of rollouts (default ~1/50 of the run); off-policy agents: of env steps."""
+    rollout = getattr(agent, "n_steps", 1) * agent.n_envs
     want = cfg.chunk_steps or cfg.total_timesteps // 50
     return max(rollout, round(want / rollout) * rollout)
 
@@ -641,6 +666,9 @@ def chunk_steps(cfg: TrainConfig, agent: Any) -> int:
 def save_agent(agent: Any, run: RunDir) -> None:
     agent.save(run.ckpt / "agent.zip.tmp.zip", exclude=["_update_current_progress_remaining"])
     (run.ckpt / "agent.zip.tmp.zip").replace(run.ckpt / "agent.zip")
+    if is_off_policy(agent):  # SB3's own format for its replay buffer (a checkpoint, not a record to keep)
+        agent.save_replay_buffer(run.ckpt / "replay.tmp.pkl")
+        (run.ckpt / "replay.tmp.pkl").replace(run.ckpt / "replay.pkl")
     norm = agent.get_vec_normalize_env()
     if norm is not None:  # running statistics as plain arrays, beside the agent
         stats = {f"{name}_{k}": getattr(getattr(norm, name), k) for name in ("obs_rms", "ret_rms") for k in _RMS}
@@ -649,6 +677,16 @@ def save_agent(agent: Any, run: RunDir) -> None:
 
 
 _RMS = ("mean", "var", "count")
+
+
+def load_agent(agent: Any, run: RunDir, cfg: TrainConfig) -> Any:
+    """The agent of ``run``'s checkpoint on ``agent``'s env, with its normalization statistics and replay buffer."""
+    loaded = type(agent).load(run.ckpt / "agent.zip", env=agent.get_env(), device=cfg.agent.device)
+    loaded.set_logger(configure(None, []))
+    restore_normalization(loaded, run)
+    if is_off_policy(loaded):
+        loaded.load_replay_buffer(run.ckpt / "replay.pkl")
+    return loaded
 
 
 def restore_normalization(agent: Any, run: RunDir) -> None:

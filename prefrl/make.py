@@ -206,10 +206,12 @@ def _optimizer_class(value: Any) -> Any:
 
 
 def make_agent(cfg: AgentConfig, venv: VecEnv, *, seed: int, tensorboard_log: str | None = None) -> Any:
-    """An SB3 on-policy algorithm on ``venv`` (under ``VecNormalize`` with ``cfg.normalize``); off-policy ones
-    are refused (their replay buffers would keep rewards from stale reward models)."""
+    """An SB3 (or sb3-contrib) algorithm on ``venv`` (under ``VecNormalize`` with ``cfg.normalize``). On-policy
+    ones (PPO, A2C) learn from each rollout once; off-policy ones (SAC, TD3, TQC, DQN) keep a replay buffer,
+    which the loop relabels with the current reward after every refit (:func:`prefrl.agents.relabel_replay`)."""
     import stable_baselines3 as sb3
-    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+    from stable_baselines3.common.base_class import BaseAlgorithm
+    from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
     algo_cls = getattr(sb3, cfg.algo, None)
     if algo_cls is None:
@@ -218,17 +220,21 @@ def make_agent(cfg: AgentConfig, venv: VecEnv, *, seed: int, tensorboard_log: st
 
             algo_cls = getattr(sb3_contrib, cfg.algo, None)
         except ImportError:
-            pass
-    if algo_cls is None:
-        known = ["PPO", "A2C"]
-        close = difflib.get_close_matches(cfg.algo, [*known, "SAC", "TD3", "DQN", "DDPG"], n=1)
+            if cfg.algo in ("TQC", "TRPO", "ARS", "CrossQ", "QRDQN", "RecurrentPPO", "MaskablePPO"):
+                raise ConfigError(f"agent.algo '{cfg.algo}' comes from sb3-contrib: pip install sb3-contrib") from None
+    if not (isinstance(algo_cls, type) and issubclass(algo_cls, BaseAlgorithm)):
+        known = ["PPO", "A2C", "SAC", "TD3", "DQN"]
+        close = difflib.get_close_matches(cfg.algo, [*known, "DDPG", "TQC"], n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; use one of {', '.join(known)}"
         raise ConfigError(f"agent.algo: unknown algorithm '{cfg.algo}'{hint}")
-    if not issubclass(algo_cls, OnPolicyAlgorithm):
-        raise ConfigError(
-            f"agent.algo: {cfg.algo} is off-policy; its replay buffer would keep rewards from stale reward models. "
-            "Use an on-policy algorithm (PPO, A2C)"
-        )
+    if issubclass(algo_cls, OffPolicyAlgorithm):
+        box = isinstance(venv.action_space, gym.spaces.Box)
+        if box == (cfg.algo in ("DQN", "QRDQN")):
+            need = "discrete actions" if box else "continuous (Box) actions"
+            raise ConfigError(
+                f"agent.algo: {cfg.algo} needs {need}; this env's actions are {venv.action_space}. Use PPO, which "
+                "handles both"
+            )
     policy = cfg.policy
     if policy == "auto":
         shape = venv.observation_space.shape or ()

@@ -184,20 +184,25 @@ def test_a_checkout_with_only_the_results_skips_the_recorded_runs_and_keeps_thei
 
 def test_the_summary_says_whether_each_goal_of_the_grid_is_met_and_carries_its_notes(pool, tmp_path):
     text = SMOKE.read_text().replace('name = "smoke"', 'name = "smoke"\ngoal_ratio = 0\nnotes = "Why it went so."')
-    text = text.replace('experiment = "cartpole"', 'experiment = "cartpole"\ngoal_return = 1e9\nnotes = "Poles."')
+    text = text.replace(
+        'experiment = "cartpole"', 'experiment = "cartpole"\ngoal_return = 1e9\ngoal_worst = 0\nnotes = "Poles."'
+    )
     (tmp_path / "goals.toml").write_text(text)
     grid = load_grid(tmp_path / "goals.toml", runs_dir=pool.runs, out_dir=tmp_path / "out")
-    assert grid.goals == {"cartpole": {"goal_ratio": 0.0, "goal_return": 1e9}, "Pendulum-v1": {"goal_ratio": 0.0}}
+    assert grid.goals == {
+        "cartpole": {"goal_ratio": 0.0, "goal_return": 1e9, "goal_worst": 0.0},
+        "Pendulum-v1": {"goal_ratio": 0.0},
+    }
     write_results(grid)
     lines = (tmp_path / "out" / "summary.md").read_text().splitlines()
     header = next(line for line in lines if line.startswith("| experiment"))
-    assert header.endswith("| ratio | late ratio | normalized | goal | mean wall s |")
+    assert header.endswith("| final true return | worst seed | ratio | late ratio | normalized | goal | mean wall s |")
 
     def row(exp: str, method: str) -> str:
         return next(line for line in lines if line.startswith(f"| {exp} |") and f"| {method} |" in line)
 
     # CartPole's returns are positive: any ratio is ≥ 0, and no agent scores 10⁹.
-    assert "| ratio ≥ 0: met; return ≥ 1e+09: missed |" in row("cartpole", "prefrl")
+    assert "| ratio ≥ 0: met; return ≥ 1e+09: missed; every seed ≥ 0: met |" in row("cartpole", "prefrl")
     assert "| — |" in row("cartpole", "PPO, true reward").split("| normalized")[0]
     # Pendulum's true-reward returns are negative: no ratio, and the summary says why.
     assert "| ratio ≥ 0: undefined (the true-reward return is ≤ 0) |" in row("Pendulum-v1", "prefrl")
@@ -300,8 +305,8 @@ def test_a_variant_of_the_preference_runs_is_measured_against_its_baselines_true
     late = np.mean(variant) / np.mean(base)
     line = next(x for x in (out / "summary.md").read_text().splitlines() if x.startswith("| cartpole-std |"))
     assert (
-        f"| prefrl | 20 | disagreement | 1/1 | 4.096k | {variant[-1]:.1f} ± 0.0 | {variant[-1] / base[-1]:.2f} | "
-        f"{late:.2f} |" in line
+        f"| prefrl | 20 | disagreement | 1/1 | 4.096k | {variant[-1]:.1f} ± 0.0 | {variant[-1]:.1f} | "
+        f"{variant[-1] / base[-1]:.2f} | {late:.2f} |" in line
     )
     assert (out / "returns-cartpole-std.png").stat().st_size > 10_000
     drawn = []

@@ -164,7 +164,6 @@ def test_window_agreement_counts_ties_half_and_samples_many_pairs():
     [
         (["--set", "env.id=CartPol-v1"], "unknown environment 'CartPol-v1'; did you mean 'CartPole-v1'"),
         (["--set", "labels.totl=3"], "did you mean 'labels.total'"),
-        (["--set", "agent.algo=SAC"], "SAC is off-policy"),
         (["--set", "agent.algo=PPOO"], "did you mean 'PPO'"),
         (["--set", "reward.lr=-1"], "reward.lr = -1.0 must be positive"),
         (["--set", "reward.members=1"], "needs reward.members ≥ 2"),
@@ -431,3 +430,39 @@ def test_linear_schedules_decay_over_the_whole_run_across_chunks_and_a_resume(tm
     for t, progress, lr in updates:
         assert progress == pytest.approx(1 - t / cfg.total_timesteps)
         assert lr == pytest.approx(1e-3 * (1 - t / cfg.total_timesteps))
+
+
+def test_a_damaged_checkpoint_is_refused_in_one_line_and_its_labels_start_the_run_over(
+    tmp_path, monkeypatch, kill_after, capsys
+):
+    cfg = load_config(None, TINY)
+    run = RunDir(tmp_path / "run")
+    real_checkpoint = kill_after(loop, "checkpoint", 3)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(cfg, run, progress=False)
+    monkeypatch.setattr(loop, "checkpoint", real_checkpoint)
+    before = ComparisonStore(run.labels_path).comparisons()
+    buffer = run.ckpt / "buffer.npz"
+    buffer.write_bytes(buffer.read_bytes()[: buffer.stat().st_size // 2])  # cut short, as by a full disk
+    assert main(["train", "--resume", str(run.path), "--no-progress"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("prefrl: error:")]
+    assert len(err) == 1 and "buffer.npz is damaged" in err[0] and "labels.sqlite are intact" in err[0]
+    assert ComparisonStore(run.labels_path).comparisons() == before  # no label lost
+
+    run.ckpt.rename(tmp_path / "damaged")  # as the message says: move the checkpoint aside, resume again
+    assert main(["train", "--resume", str(run.path), "--no-progress"]) == 0
+    after = {c.query_id: c for c in ComparisonStore(run.labels_path).comparisons()}
+    assert all(after[c.query_id] == c for c in before) and len(after) == 24
+    steps = [int(r["timesteps"]) for r in run.metrics().rows[:-1]]
+    assert steps == sorted(set(steps))  # logged afresh, not after the old rows
+
+
+def test_a_saved_config_without_a_newer_key_resumes_with_the_behaviour_it_started_with(monkeypatch):
+    from prefrl import config
+
+    text = config.dumps_config(load_config(None))
+    assert 'norm_on = "recent"' in text
+    older = text.replace('norm_on = "recent"\n', "")  # saved before reward.norm_on existed
+    monkeypatch.setitem(config.SINCE, ("reward", "norm_on"), "first")  # as if the old behaviour were "first"
+    assert config.loads_config(older).reward.norm_on == "first"
+    assert config.loads_config(text).reward.norm_on == "recent"  # a key the run saved is kept as saved
