@@ -11,10 +11,12 @@ For each run directory given (preference runs of the same experiment, different 
 - the critic's error on the last rollout before and after each refit (``agent/critic_error``,
   ``agent/critic_error_refit``, mean squared error over the returns' variance): median of both, and of their
   ratio;
-- the rollout's true and predicted return at the end.
+- the rollout's true return (mean of the last 100 training episodes) after the first chunk, at its lowest and
+  when (thousands of steps), and at the end, beside the predicted return at the end.
 
     python benchmarks/moving_reward.py RUN [RUN ...] > table.md
     python benchmarks/moving_reward.py --compare "PPO=runs/ppo" "SAC=runs/sac"   # final returns, seed by seed
+    python benchmarks/moving_reward.py --normalize CartPole-v1 runs/cartpole runs/cartpole-true
 """
 
 from __future__ import annotations
@@ -76,6 +78,13 @@ def summarize(run: Path) -> dict[str, float]:
         "critic_before": statistics.median(before) if before else math.nan,
         "critic_after": statistics.median(after) if after else math.nan,
         "critic_ratio_max": max(ratio) if ratio else math.nan,
+        "true_start": floats(rows, "rollout/true_return")[0],
+        "true_low": min(floats(rows, "rollout/true_return")),
+        "low_at_k": min(
+            (float(r["rollout/true_return"]), float(r["timesteps"]) / 1000)
+            for r in rows
+            if r.get("rollout/true_return") not in ("", None)
+        )[1],
         "true_end": floats(rows, "rollout/true_return")[-1],
         "pred_end": floats(rows, "rollout/predicted_return")[-1],
     }
@@ -106,12 +115,47 @@ def compare(groups: list[str], seeds: int = 0) -> None:
         )
 
 
+def random_return(env_id: str, episodes: int = 100, seed: int = 0) -> float:
+    """Mean return of a uniformly random policy over ``episodes`` episodes."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    env.action_space.seed(seed)
+    returns = []
+    for i in range(episodes):
+        env.reset(seed=seed + i)
+        total, done = 0.0, False
+        while not done:
+            _, r, terminated, truncated, _ = env.step(env.action_space.sample())
+            total, done = total + float(r), terminated or truncated
+        returns.append(total)
+    return statistics.mean(returns)
+
+
+def normalized(env_id: str, pref: Path, true: Path) -> None:
+    """Seed by seed: the preference run's final return, the true-reward run's, and the normalized score
+    (return − random) / (true-reward − random)."""
+    rnd = random_return(env_id)
+    print(f"{env_id}: random policy {rnd:.1f} (100 episodes)\n")
+    print("| seed | from preferences | true reward | normalized |")
+    print("|---:|---:|---:|---:|")
+    for run in sorted(pref.glob("s[0-9]*/"), key=lambda p: int(p.name[1:])):
+        mine = floats(list(csv.DictReader((run / "metrics.csv").open())), "eval/true_return")[-1]
+        base = floats(list(csv.DictReader((true / run.name / "metrics.csv").open())), "eval/true_return")[-1]
+        print(f"| {run.name[1:]} | {mine:.1f} | {base:.1f} | {(mine - rnd) / (base - rnd):.2f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="*", type=Path)
     p.add_argument("--compare", nargs="+", metavar="NAME=DIR", help="a row of final returns per group of seeds")
     p.add_argument("--seeds", type=int, default=0, help="--compare: only seeds 0 to N-1 (default: all)")
+    p.add_argument("--normalize", nargs=3, metavar=("ENV_ID", "PREF_DIR", "TRUE_DIR"), help="normalized scores")
     args = p.parse_args()
+    if args.normalize:
+        env_id, pref, true = args.normalize
+        normalized(env_id, Path(pref), Path(true))
+        return
     if args.compare:
         compare(args.compare, args.seeds)
         return
