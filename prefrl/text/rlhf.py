@@ -50,6 +50,7 @@ import torch
 from envs.text import DATA_DIR, EOS, TextContinuationEnv, WordTokenizer
 from prefrl.config import ConfigError, _merge, _toml_safe, parse_override
 from prefrl.data import Comparison, ComparisonStore, Segment
+from prefrl.io import atomic_write, atomic_write_text
 from prefrl.run import MetricsLog, restore_rng, rng_state, training_lock
 from prefrl.segments import select_queries
 from prefrl.text.lm import TINY_MODELS, LanguageModel, Rollout, load_lm
@@ -509,18 +510,15 @@ class TextRun:
         ck = self.path / "checkpoint"
         self.ppo.save(ck / "ppo.pt")
         if self.reward_model is not None:
-            tmp = ck / "reward.pt.tmp"
-            torch.save(self.reward_model.state_dict(), tmp)
-            tmp.replace(ck / "reward.pt")
+            with atomic_write(ck / "reward.pt") as tmp:
+                torch.save(self.reward_model.state_dict(), tmp)
         state = {
             "step": self.step,
             "online_asked": self.online_asked,
             "rng": rng_state(self.rng),
             "gen": self.gen.get_state().tolist(),
         }
-        tmp = ck / "state.json.tmp"
-        tmp.write_text(json.dumps(state))
-        tmp.replace(ck / "state.json")  # written last: the commit marker
+        atomic_write_text(ck / "state.json", json.dumps(state))  # written last: the commit marker
 
     def restore(self) -> bool:
         ck = self.path / "checkpoint"
