@@ -127,3 +127,21 @@ def lambda_returns(
         gae = delta + gamma * lam * non_terminal * gae
         returns[t] = gae + values[t]
     return returns
+
+
+# Checked against stable-baselines3 2.9.2, which has no public way to set schedule progress: its
+# ``learn`` computes ``_current_progress_remaining`` from the steps of that call alone, and every schedule
+# (learning rate, PPO clip range, DQN exploration) reads that attribute. Wrapping each schedule instead would
+# miss the schedules of other algorithms and be pickled into the saved agent.
+PROGRESS_HOOK = "_update_current_progress_remaining"
+
+
+def pin_progress(agent: Any, total_timesteps: int) -> None:
+    """SB3 computes schedule progress per ``learn`` call; make it span the whole run instead, so a linear
+    learning-rate schedule decays over ``total_timesteps`` even though we learn in chunks. The replaced method is
+    :data:`PROGRESS_HOOK`, which a saved agent leaves out."""
+
+    def update(num_timesteps: int, _chunk_total: int) -> None:
+        agent._current_progress_remaining = max(0.0, 1.0 - num_timesteps / total_timesteps)
+
+    setattr(agent, PROGRESS_HOOK, update)

@@ -322,7 +322,7 @@ def _check_values(opts: dict[str, Any], where: str) -> None:
 def _check_runs(jobs: list[Job]) -> None:
     """Refuse, before any compute, a run directory (or a finished run's record) made with a different config:
     the grid file changed."""
-    from prefrl.loop import check_config
+    from prefrl.make import check_config
     from prefrl.run import RunDir
 
     checked: set[tuple] = set()
@@ -361,7 +361,7 @@ def _check_runs(jobs: list[Job]) -> None:
 def _settled(cfg: TrainConfig) -> dict[str, Any]:
     """The flat config, with the settings whose ``auto`` was once a fixed default replaced by what they settle to:
     a run made when the default was written down is the same run as one that leaves it to ``auto``."""
-    from prefrl.loop import ends_share
+    from prefrl.make import ends_share
 
     flat = _flat(to_dict(cfg))
     for key, settle in {"labels.ends_share": ends_share}.items():

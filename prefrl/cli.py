@@ -144,7 +144,7 @@ def _train_text(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from prefrl.loop import check_config
+    from prefrl.make import check_config
     from prefrl.run import RunDir, training_lock
 
     if _text_run(args):
@@ -321,7 +321,8 @@ def _train_with_labeler(args: argparse.Namespace, cfg, run) -> int:
     """Train while people (or, with --simulate-labeler, a synthetic teacher over HTTP) answer in the labeler."""
     import dataclasses as dc
 
-    from prefrl.loop import clip_state_fn, make_oracle, train
+    from prefrl.loop import train
+    from prefrl.make import clip_state_fn, make_oracle
     from prefrl.plots import plot_run
 
     clip_state_fn(cfg)  # refuses environments whose clips cannot be rendered, before any compute
@@ -349,16 +350,10 @@ def _export(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import dataclasses as dc
 
-    from prefrl.loop import (
-        eval_deterministic,
-        evaluate,
-        load_reward,
-        make_eval_env,
-        refit_reward,
-        restore_normalization,
-        segment_length,
-    )
-    from prefrl.make import make_agent
+    from prefrl.checkpoint import restore_normalization
+    from prefrl.evaluation import eval_deterministic, evaluate
+    from prefrl.make import make_agent, make_eval_env, segment_length
+    from prefrl.reward.load import load_reward, refit_reward
     from prefrl.run import RunDir
 
     run = RunDir(args.run)

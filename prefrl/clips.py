@@ -45,6 +45,7 @@ import numpy as np
 
 from prefrl.config import ConfigError
 from prefrl.data import Segment
+from prefrl.io import atomic_write
 
 CLASSIC = ("CartPole", "Pendulum", "Acrobot", "MountainCar")
 """Classic-control families whose ``unwrapped.state`` is the whole simulator state."""
@@ -331,9 +332,9 @@ class ClipRenderer:
         """Render ``segment`` into an MP4 at ``path`` (written beside it, then renamed into place)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.mp4")
-        encode_mp4(self.frames(segment), tmp, fps=self.fps)
-        tmp.replace(path)
+        part = f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.mp4"  # one per writer, hidden from the cache
+        with atomic_write(path, name=part) as tmp:
+            encode_mp4(self.frames(segment), tmp, fps=self.fps)
         return path
 
 

@@ -362,7 +362,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
 
-def _merge(obj: Any, data: dict[str, Any], prefix: str, explicit: list[str]) -> None:
+def merge_layer(obj: Any, data: dict[str, Any], prefix: str, explicit: list[str]) -> None:
+    """Set the keys of ``data`` (a TOML table, names under ``prefix``) on the dataclass ``obj``, checked and
+    converted to each field's type; the names set are appended to ``explicit``."""
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj) if f.name != "overrides"]
     for key, value in data.items():
@@ -375,7 +377,7 @@ def _merge(obj: Any, data: dict[str, Any], prefix: str, explicit: list[str]) -> 
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"config: '{full}' is a section; write [{full}] with keys under it")
-            _merge(current, value, f"{full}.", explicit)
+            merge_layer(current, value, f"{full}.", explicit)
             continue
         ok, coerced = _type_ok(value, hints[key])
         if not ok:
@@ -432,10 +434,10 @@ def load_config(
             # A run's saved config.toml, used as an experiment file: it spells out every oracle key, and lists
             # which of them were set explicitly (the rest came from the teacher's preset and stay presets).
             layer = {**layer, "oracle": {k: v for k, v in oracle.items() if k != "overrides"}}
-            _merge(cfg, layer, "", [])
+            merge_layer(cfg, layer, "", [])
             explicit.extend(f"oracle.{k}" for k in oracle["overrides"])
             continue
-        _merge(cfg, layer, "", explicit)
+        merge_layer(cfg, layer, "", explicit)
     cfg.oracle.overrides = sorted({k.split(".", 1)[1] for k in explicit if k.startswith("oracle.")})
     _check_ranges(cfg)
     return cfg
@@ -456,7 +458,7 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
 
 def dumps_config(cfg: TrainConfig) -> str:
     """The TOML of a run's ``config.toml``."""
-    return tomli_w.dumps(_toml_safe(to_dict(cfg)))
+    return tomli_w.dumps(toml_safe(to_dict(cfg)))
 
 
 # Keys added after runs were first saved, with the value that gives a run saved before the key existed the
@@ -481,9 +483,10 @@ def loads_config(text: str) -> TrainConfig:
     return from_dict(data)
 
 
-def _toml_safe(d: Any) -> Any:
+def toml_safe(d: Any) -> Any:
+    """A copy of the nested dicts and lists of ``d``, as given to ``tomli_w``."""
     if isinstance(d, dict):
-        return {k: _toml_safe(v) for k, v in d.items()}
+        return {k: toml_safe(v) for k, v in d.items()}
     if isinstance(d, list):
-        return [_toml_safe(v) for v in d]
+        return [toml_safe(v) for v in d]
     return d

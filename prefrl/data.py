@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from prefrl.io import atomic_write
+
 TIE = -1
 """Label of a comparison whose segments are equally good (target ½ each in the loss)."""
 SKIP = -2
@@ -166,7 +168,6 @@ def save_segments(path: Path, segments: Sequence[Segment]) -> None:
     ``savez_compressed`` (level 6) takes three times as long for twice the ratio.
     """
     path = Path(path)
-    tmp = path.with_suffix(".tmp.npz")
     arrays: dict[str, np.ndarray] = {"n": np.array(len(segments))}
     if segments:
         s0 = segments[0]
@@ -183,11 +184,13 @@ def save_segments(path: Path, segments: Sequence[Segment]) -> None:
         }
         if s0.states is not None and all(s.states is not None for s in segments):
             arrays["states"] = np.stack([s.states for s in segments])
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+    with (
+        atomic_write(path, suffix=".tmp.npz") as tmp,
+        zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf,
+    ):
         for name, array in arrays.items():
             with zf.open(name + ".npy", "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
-    tmp.replace(path)
 
 
 def load_segments(path: Path) -> list[Segment]:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from prefrl.data import SKIP, TIE, Comparison, ComparisonStore, DataError, Segment
+from prefrl.io import atomic_write
 
 FORMAT = "prefrl-labels-1"
 FORMATS = ("csv", "npz")
@@ -74,8 +75,7 @@ def export_run(run_path: Path, *, fmt: str, out: Path | None = None) -> tuple[Pa
 
 
 def write_csv(path: Path, comparisons: Sequence[Comparison], segments: dict[int, Segment]) -> None:
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
             ["query_id", "segment_ids", "label", "preferred", "source", "labeler", "time", "time_iso", "true_returns"]
@@ -97,7 +97,6 @@ def write_csv(path: Path, comparisons: Sequence[Comparison], segments: dict[int,
                     ";".join(f"{segments[i].true_return:.6g}" for i in c.segment_ids),
                 ]
             )
-    tmp.replace(path)
 
 
 def write_npz(path: Path, comparisons: Sequence[Comparison], segments: dict[int, Segment]) -> None:
@@ -115,9 +114,8 @@ def write_npz(path: Path, comparisons: Sequence[Comparison], segments: dict[int,
         "time": np.array([c.time for c in comparisons], dtype=np.float64),
     }
     arrays |= _stack_segments(list(segments.values()))
-    tmp = Path(path).with_name(Path(path).name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_write(path, suffix=".tmp.npz") as tmp:  # np.savez_compressed appends .npz to a path without it
+        np.savez_compressed(tmp, **arrays)
 
 
 def _stack_segments(segs: list[Segment]) -> dict[str, np.ndarray]:

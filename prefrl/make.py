@@ -1,20 +1,29 @@
-"""Building the pieces a run needs from its config: vectorized envs and SB3 agents.
+"""Building the pieces a run needs from its config: vectorized envs, SB3 agents, the reward ensemble and its
+trainer, the oracle, and the settings that ``auto`` leaves to the environment (segment length, chunk size,
+reward center, share of episode ends).
 
-User mistakes (an unknown env id, an unsupported algorithm or space) are caught here, at the
-boundary, with a one-line message, before any compute.
+User mistakes (an unknown env id, an unsupported algorithm or space, an oracle that cannot be built) are caught
+here, at the boundary, with a one-line message, before any compute.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import math
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor, VecNormalize
 
-from prefrl.config import AgentConfig, ConfigError, EnvConfig
+from prefrl.config import AgentConfig, ConfigError, EnvConfig, OracleConfig, TrainConfig
+from prefrl.data import ComparisonStore
+from prefrl.oracles import Oracle, make_teacher
+from prefrl.reward import RewardEnsemble, RewardTrainer
+
+TEACHER_KNOBS = ("beta", "gamma", "epsilon", "skip_threshold", "equal_threshold")
 
 
 def resolve_env_id(env_id: str) -> str:
@@ -249,3 +258,125 @@ def make_agent(cfg: AgentConfig, venv: VecEnv, *, seed: int, tensorboard_log: st
         )
     except TypeError as e:
         raise ConfigError(f"agent.kwargs: {cfg.algo} rejected the hyperparameters ({e})") from None
+
+
+def segment_length(cfg: TrainConfig) -> int:
+    """Steps per segment: ``cfg.segments.length``, or the env's default when that is 0."""
+    return cfg.segments.length or default_segment_length(cfg.env)
+
+
+def make_oracle(cfg: OracleConfig, *, seed: int, labels_path: Path | None = None) -> Oracle:
+    """The oracle ``cfg`` names. ``human`` queues questions in the label store at ``labels_path`` for the web
+    labeler (``prefrl label RUN``); without a path its queue is in memory, which only checks that it can be built.
+    ``replay`` imports ``cfg.replay_file`` (an npz export) into the store at ``labels_path``."""
+    if cfg.kind == "human":  # refuses, with the install command, when the labeler extra is missing
+        from prefrl.oracles import HumanOracle
+
+        return HumanOracle(labels_path if labels_path is not None else "sqlite://")
+    if cfg.kind == "replay":
+        # The exported comparisons (and their segments) go into this run's label store up front, so the reward
+        # is fit to them from the start; queries about this run's own segments are answered "can't tell".
+        from prefrl.export import import_labels, read_npz
+        from prefrl.oracles import ReplayOracle
+
+        if labels_path is None:
+            read_npz(Path(cfg.replay_file))  # a missing or unreadable file is refused before any compute
+            return ReplayOracle([])
+        with ComparisonStore(labels_path) as store:
+            return ReplayOracle(import_labels(Path(cfg.replay_file), store))
+    if cfg.kind != "synthetic":
+        raise ConfigError(
+            f"oracle.kind = '{cfg.kind}' is not available in `prefrl train` yet; use 'synthetic' "
+            "(comparisons of true returns), 'human' (the web labeler) or 'replay' (an exported label file)"
+        )
+    knobs = {k: getattr(cfg, k) for k in cfg.overrides if k in TEACHER_KNOBS}
+    if knobs.get("skip_threshold") == -math.inf:
+        knobs["skip_threshold"] = None
+    return make_teacher(cfg.teacher, seed=seed, **knobs)
+
+
+def clip_state_fn(cfg: TrainConfig) -> Any:
+    """People watch clips of queried segments: keep the simulator state of every step to render them later."""
+    if cfg.oracle.kind != "human":
+        return None
+    from prefrl.clips import state_fn_for
+
+    return state_fn_for(cfg.env.id)
+
+
+def reward_center(cfg: TrainConfig) -> str:
+    """``cfg.reward.center``, with ``auto`` settled for Atari: the mean, as the paper. A game over is rare and a
+    game long, so with the game-over state as the zero most of an A2C agent's reward spread would be a constant
+    per step. Elsewhere ``auto`` stays, for :func:`prefrl.reward.normalize.normalize` to pick the absorbing state
+    once an episode ended."""
+    if cfg.reward.center == "auto" and env_kind(cfg.env) == "atari":
+        return "mean"
+    return cfg.reward.center
+
+
+def ends_share(cfg: TrainConfig) -> float:
+    """``cfg.labels.ends_share``, with ``auto`` settled: 0 on Atari, as the paper, else 0.5. Half the candidates
+    with an episode's end help where an end is all the oracle can tell apart (a random CartPole or Acrobot policy
+    ends few episodes). An Atari episode ends at a game over or a lost life, rare in a long game and to the
+    oracle no different from any lost point: on Pong, half the candidates with a game over made 85 % of the
+    queries show one, and 72 % of the answers ties."""
+    if cfg.labels.ends_share == "auto":
+        return 0.0 if env_kind(cfg.env) == "atari" else 0.5
+    return float(cfg.labels.ends_share)
+
+
+def make_reward(cfg: TrainConfig, venv: VecEnv) -> RewardEnsemble:
+    """The reward ensemble ``cfg.reward`` describes, for ``venv``'s observations and actions (untrained)."""
+    try:
+        return RewardEnsemble(
+            venv.observation_space,
+            venv.action_space,
+            members=cfg.reward.members,
+            hidden=tuple(cfg.reward.hidden),
+            model=cfg.reward.model,
+            use_action={"auto": None, "yes": True, "no": False}[cfg.reward.use_action],
+            dropout=cfg.reward.dropout,
+            blank=cfg.reward.blank,
+            standardize=cfg.reward.standardize_inputs,
+            seed=cfg.seed,
+        )
+    except ValueError as e:  # a model that does not fit the env's spaces, a blanked region outside the frame
+        raise ConfigError(f"reward: {e}") from None
+
+
+def make_trainer(cfg: TrainConfig, reward: RewardEnsemble) -> RewardTrainer:
+    """The trainer ``cfg.reward`` describes, for ``reward``."""
+    return RewardTrainer(
+        reward,
+        lr=cfg.reward.lr,
+        batch_size=cfg.reward.batch_size,
+        epsilon=cfg.reward.epsilon,
+        val_fraction=cfg.reward.val_fraction,
+        l2=cfg.reward.l2,
+        l2_bounds=tuple(cfg.reward.l2_bounds),
+        seed=cfg.seed,
+    )
+
+
+def chunk_steps(cfg: TrainConfig, agent: Any) -> int:
+    """Steps per chunk, a whole number of rollouts (default ~1/50 of the run); off-policy agents: of env steps."""
+    rollout = getattr(agent, "n_steps", 1) * agent.n_envs
+    want = cfg.chunk_steps or cfg.total_timesteps // 50
+    return max(rollout, round(want / rollout) * rollout)
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """What can be refused before any compute: env id, oracle, sampler/ensemble fit."""
+    resolve_env_id(cfg.env.id)
+    make_oracle(cfg.oracle, seed=0)
+    if cfg.reward_source == "true":
+        return
+    if cfg.labels.sampler == "disagreement" and cfg.reward.members < 2:
+        raise ConfigError("labels.sampler = 'disagreement' needs reward.members ≥ 2; or use 'entropy' or 'uniform'")
+    if cfg.labels.total < 1:
+        raise ConfigError("labels.total must be ≥ 1 to learn a reward; for the RL baseline set reward_source = 'true'")
+
+
+def make_eval_env(cfg: TrainConfig) -> VecEnv:
+    """One env with the true reward, seeded apart from the training envs."""
+    return make_vec_env(type(cfg.env)(**{**cfg.env.__dict__, "n_envs": 1}), seed=cfg.seed + 10_000)

@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from prefrl.data import SKIP, TIE, Comparison, Query, Segment
+from prefrl.data import SKIP, TIE, Comparison, ComparisonStore, Query, Segment
 
 _SCALE_FLOOR = 1e-8
 """Smallest return scale; keeps the thresholds meaningful when every segment seen so far returned 0."""
@@ -323,6 +323,9 @@ class HumanOracle:
     """
 
     def __init__(self, queue: Any, *, poll_s: float = 0.2) -> None:
+        from prefrl.labeler import require_labeler
+
+        require_labeler()  # refuses, with the install command, when the labeler extra is missing
         from prefrl.labeler.store import LabelQueue
 
         self.queue = queue if isinstance(queue, LabelQueue) else LabelQueue(queue)
@@ -355,3 +358,14 @@ class HumanOracle:
 
     def close(self) -> None:
         self._closed = True
+
+
+def collect_answers(oracle: Oracle, labels: ComparisonStore, *, timeout: float = 0.0) -> int:
+    """Commit the answers that are ready; returns how many were new."""
+    return labels.add_many(oracle.collect(timeout=timeout))
+
+
+def wait_for_oracle(oracle: Oracle, labels: ComparisonStore, *, max_pending: int) -> None:
+    """An asynchronous oracle (a person) that fell behind pauses the agent rather than let it run on a stale reward."""
+    while oracle.pending() > max_pending:
+        collect_answers(oracle, labels, timeout=1.0)

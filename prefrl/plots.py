@@ -24,6 +24,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
+from prefrl.io import atomic_write
+
 DPI = 120
 _SIZE = (7.0, 4.2)
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
@@ -127,9 +129,8 @@ def _line(ax: Axes, x: np.ndarray, y: np.ndarray, **kwargs) -> None:
 def _save(fig: Figure, path: Path) -> Path:
     """Write a PNG atomically (a reader never sees half a file)."""
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=DPI)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
     return path
 
 

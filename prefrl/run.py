@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from prefrl.config import ConfigError, TrainConfig, loads_config, save_config
+from prefrl.io import atomic_write, atomic_write_text
 
 
 class MetricsLog:
@@ -85,12 +86,10 @@ class MetricsLog:
         self._rewrite()
 
     def _rewrite(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_write(self.path) as tmp, tmp.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.keys)
             w.writeheader()
             w.writerows(self.rows)
-        tmp.replace(self.path)
 
 
 class RunDir:
@@ -134,12 +133,7 @@ class RunDir:
         return (self.ckpt / "state.json").exists()
 
     def write_state(self, state: dict[str, Any]) -> None:
-        tmp = self.ckpt / "state.json.tmp"
-        with tmp.open("w") as f:
-            json.dump(state, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.ckpt / "state.json")
+        atomic_write_text(self.ckpt / "state.json", json.dumps(state, indent=1), fsync=True)
 
     def read_state(self) -> dict[str, Any]:
         return json.loads((self.ckpt / "state.json").read_text())
@@ -148,9 +142,7 @@ class RunDir:
         return (self.ckpt / "final.json").exists()
 
     def write_final(self, result: dict[str, Any]) -> None:
-        tmp = self.ckpt / "final.json.tmp"
-        tmp.write_text(json.dumps(result))
-        tmp.replace(self.ckpt / "final.json")
+        atomic_write_text(self.ckpt / "final.json", json.dumps(result))
 
     def read_final(self) -> dict[str, Any]:
         return json.loads((self.ckpt / "final.json").read_text())

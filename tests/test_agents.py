@@ -6,10 +6,13 @@ import torch
 from stable_baselines3 import SAC
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+import prefrl.checkpoint as checkpoint
 import prefrl.loop as loop
 from prefrl.agents import critic_metrics, lambda_returns, relabel_replay, replay_steps, rollout_array
 from prefrl.cli import main
 from prefrl.config import load_config
+from prefrl.make import make_agent
+from prefrl.reward.load import load_reward
 from prefrl.run import RunDir
 
 SAC_PENDULUM = [
@@ -59,8 +62,8 @@ def test_after_every_refit_the_replay_buffer_holds_the_current_reward(tmp_path, 
     )
     run = RunDir(tmp_path / "run")
     loop.train(cfg, run, progress=False)
-    reward = loop.load_reward(run)  # as of the last checkpoint, after the last refit
-    agent = loop.load_agent(loop.make_agent(cfg.agent, _pendulum(cfg), seed=0), run, cfg)
+    reward = load_reward(run)  # as of the last checkpoint, after the last refit
+    agent = checkpoint.load_agent(make_agent(cfg.agent, _pendulum(cfg), seed=0), run, cfg)
     idx, obs, actions = replay_steps(agent)
     assert len(idx) == 1500
     stored = agent.replay_buffer.rewards[idx[:, 0], idx[:, 1]]
@@ -84,19 +87,19 @@ def test_a_killed_sac_run_resumes_with_its_replay_buffer(tmp_path, monkeypatch, 
         None, [*SAC_PENDULUM, "total_timesteps=1500", "chunk_steps=500", "labels.total=20", "eval_episodes=1"]
     )
     run = RunDir(tmp_path / "run")
-    real_checkpoint = kill_after(loop, "checkpoint", 3)  # pretraining, then two chunks of 500 steps
+    real_checkpoint = kill_after(checkpoint, "save", 3)  # pretraining, then two chunks of 500 steps
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg, run, progress=False)
     seen = {}
-    real_load = loop.load_agent
+    real_load = checkpoint.load_agent
 
     def load_and_look(*args, **kwargs):
         agent = real_load(*args, **kwargs)
         seen["stored"] = agent.replay_buffer.pos
         return agent
 
-    monkeypatch.setattr(loop, "checkpoint", real_checkpoint)
-    monkeypatch.setattr(loop, "load_agent", load_and_look)
+    monkeypatch.setattr(checkpoint, "save", real_checkpoint)
+    monkeypatch.setattr(checkpoint, "load_agent", load_and_look)
     loop.train(run.load_config(), run, progress=False)
     assert seen["stored"] == 1000
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import prefrl.checkpoint as checkpoint
 import prefrl.loop as loop
 from prefrl.clips import ClipRenderer, state_fn_for
 from prefrl.config import ConfigError, EnvConfig, load_config
@@ -198,7 +199,7 @@ TINY = [
 def test_a_tiny_pong_run_checkpoints_and_resumes_with_its_labels(tmp_path, monkeypatch, kill_after):
     cfg = load_config(EXPERIMENT, TINY)
     run = RunDir(tmp_path / "run")
-    real_checkpoint = kill_after(loop, "checkpoint", 2)  # killed after the first chunk's checkpoint
+    real_checkpoint = kill_after(checkpoint, "save", 2)  # killed after the first chunk's checkpoint
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg, run, progress=False)
     before = {c.query_id: c for c in ComparisonStore(run.labels_path).comparisons()}
@@ -206,7 +207,7 @@ def test_a_tiny_pong_run_checkpoints_and_resumes_with_its_labels(tmp_path, monke
     saved = torch.load(run.ckpt / "reward.pt", weights_only=False)["reward"]
     assert saved["scale"].max() > 0
 
-    monkeypatch.setattr(loop, "checkpoint", real_checkpoint)
+    monkeypatch.setattr(checkpoint, "save", real_checkpoint)
     result = loop.train(run.load_config(), run, progress=False)
     after = {c.query_id: c for c in ComparisonStore(run.labels_path).comparisons()}
     assert all(after[q] == before[q] for q in before)

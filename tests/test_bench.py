@@ -19,12 +19,13 @@ import pytest
 import torch
 
 import prefrl.bench as bench
+import prefrl.checkpoint as checkpoint
 import prefrl.loop as loop
 from prefrl.bench import RUNS_COLUMNS, load_grid, run_grid, status, write_results, write_summary
 from prefrl.cli import main
 from prefrl.config import ConfigError, load_config, loads_config
 from prefrl.data import ComparisonStore
-from prefrl.make import make_agent, make_vec_env
+from prefrl.make import check_config, default_segment_length, make_agent, make_vec_env
 from prefrl.run import RunDir, training_lock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,16 +52,16 @@ def one_torch_thread():
 
 
 def crash_after(n: int):
-    """A ``loop.checkpoint`` that kills the run (as Ctrl-C would) right after its ``n``-th checkpoint."""
-    real, calls = loop.checkpoint, {"n": 0}
+    """A ``checkpoint.save`` that kills the run (as Ctrl-C would) right after its ``n``-th checkpoint."""
+    real, calls = checkpoint.save, {"n": 0}
 
-    def checkpoint(*args, **kwargs):
+    def save(*args, **kwargs):
         real(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == n:
             raise KeyboardInterrupt
 
-    return checkpoint
+    return save
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -76,7 +77,7 @@ def pool(tmp_path_factory):
     grid = load_grid(SMOKE, runs_dir=runs)
     killed = next(j for j in grid.jobs if j.method == "prefrl" and j.experiment == "cartpole" and j.seed == 1)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop, "checkpoint", crash_after(3))
+        mp.setattr(checkpoint, "save", crash_after(3))
         with pytest.raises(KeyboardInterrupt):
             loop.train(killed.config, RunDir(killed.run_dir), progress=False)
     before = SimpleNamespace(
@@ -394,7 +395,7 @@ def test_grid_file_mistakes_are_refused_in_one_line(tmp_path, capsys, text, mess
 def test_mujoco_experiments_build_with_the_ppo_papers_settings():
     for name in MUJOCO:
         cfg = load_config(ROOT / "experiments" / f"{name}.toml")
-        loop.check_config(cfg)
+        check_config(cfg)
         assert cfg.agent.normalize and cfg.labels.t0 == 2_000_000 and cfg.labels.initial_fraction == 0.25
         assert cfg.reward.members == 3 and cfg.reward.hidden == [64, 64] and cfg.labels.sampler == "disagreement"
     cfg = load_config(ROOT / "experiments" / "hopper.toml")
@@ -403,7 +404,7 @@ def test_mujoco_experiments_build_with_the_ppo_papers_settings():
     assert norm is not None and norm.gamma == agent.gamma == 0.99  # returns normalized with the agent's own γ
     assert (agent.n_steps, agent.batch_size, agent.n_epochs, agent.gae_lambda) == (2048, 64, 10, 0.95)
     assert isinstance(agent.policy.mlp_extractor.policy_net[1], torch.nn.Tanh)  # SB3's default 64×64 tanh nets
-    assert loop.default_segment_length(cfg.env) == 188  # ~1.5 s at dt = 0.008 (segments.length = 0) ...
+    assert default_segment_length(cfg.env) == 188  # ~1.5 s at dt = 0.008 (segments.length = 0) ...
     assert cfg.segments.length == 60  # ... but the file says the paper's 60 (1.5 s of video at 40 frames/s)
     swimmer = load_config(ROOT / "experiments" / "swimmer.toml")
     assert swimmer.segments.length == 60 and swimmer.reward.standardize_inputs
@@ -414,7 +415,7 @@ def test_normalization_statistics_survive_a_resume_and_reach_the_evaluation(tmp_
             "segments.length=20", "reward.initial_epochs=10", "agent.normalize=true"]  # fmt: skip
     cfg = load_config(None, tiny)
     run = RunDir(tmp_path / "run")
-    monkeypatch.setattr(loop, "checkpoint", crash_after(2))
+    monkeypatch.setattr(checkpoint, "save", crash_after(2))
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg, run, progress=False)
     killed_at = run.read_state()["timesteps"]

@@ -12,7 +12,7 @@ from prefrl.cli import main
 from prefrl.config import OracleConfig, load_config
 from prefrl.data import SKIP, TIE, Comparison, ComparisonStore, DataError, Query, Segment
 from prefrl.export import REPLAY_ID_BASE, read_npz
-from prefrl.loop import check_config, make_oracle
+from prefrl.make import check_config, make_oracle
 from prefrl.reward import RewardEnsemble, RewardTrainer
 
 OBS = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)

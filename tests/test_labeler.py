@@ -491,7 +491,7 @@ def test_page_plays_both_clips_and_keys_record_answers(tmp_path, serve, browser)
 
 def test_train_with_a_human_oracle_queues_in_the_run_store_and_keeps_states(tmp_path):
     from prefrl.config import load_config
-    from prefrl.loop import check_config, clip_state_fn, make_oracle
+    from prefrl.make import check_config, clip_state_fn, make_oracle
 
     cfg = load_config(None, ["oracle.kind=human"])
     check_config(cfg)

@@ -6,10 +6,14 @@ import numpy as np
 import pytest
 from stable_baselines3 import PPO
 
+import prefrl.checkpoint as checkpoint
 import prefrl.loop as loop
 from prefrl.cli import main
 from prefrl.config import ConfigError, load_config
 from prefrl.data import ComparisonStore, DataError
+from prefrl.evaluation import eval_deterministic, evaluate, window_agreement
+from prefrl.make import ends_share, make_agent, make_vec_env, reward_center
+from prefrl.reward.load import freeze_reward, load_reward, refit_reward
 from prefrl.run import RunDir
 
 TINY = [
@@ -41,7 +45,7 @@ def test_tiny_cartpole_run_beats_a_random_policy(tmp_path):
 def test_killed_run_resumes_with_every_label_it_paid_for(tmp_path, monkeypatch, kill_after):
     cfg = load_config(None, TINY)
     run = RunDir(tmp_path / "run")
-    real_checkpoint = kill_after(loop, "checkpoint", 3)  # killed right after the third checkpoint
+    real_checkpoint = kill_after(checkpoint, "save", 3)  # killed right after the third checkpoint
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg, run, progress=False)
     before = {c.query_id: c for c in ComparisonStore(run.labels_path).comparisons()}
@@ -49,7 +53,7 @@ def test_killed_run_resumes_with_every_label_it_paid_for(tmp_path, monkeypatch, 
     stopped_at = run.read_state()["timesteps"]
     assert 0 < stopped_at < cfg.total_timesteps
 
-    monkeypatch.setattr(loop, "checkpoint", real_checkpoint)
+    monkeypatch.setattr(checkpoint, "save", real_checkpoint)
     result = loop.train(run.load_config(), run, progress=False)
     after = {c.query_id: c for c in ComparisonStore(run.labels_path).comparisons()}
     assert set(before) <= set(after)
@@ -77,9 +81,7 @@ def test_true_reward_baseline_and_cli_plots(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "q" / "baseline"), "--episodes", "2", "--reward-of", str(tmp_path / "q")]) == 0
     base = RunDir(tmp_path / "q" / "baseline")
     agent = PPO.load(base.ckpt / "agent.zip")
-    want = loop.evaluate(
-        agent, dc.replace(base.load_config(), eval_episodes=2), reward=loop.load_reward(RunDir(tmp_path / "q"))
-    )
+    want = evaluate(agent, dc.replace(base.load_config(), eval_episodes=2), reward=load_reward(RunDir(tmp_path / "q")))
     assert (
         f"learned return under the reward of {tmp_path / 'q'}: {want['eval/learned_return']:.2f} ± "
         in capsys.readouterr().out
@@ -89,7 +91,7 @@ def test_true_reward_baseline_and_cli_plots(tmp_path, capsys):
 
     # The reward as it stood after the first 8 labels, fit afresh to them: it ranks those 8 as they were answered.
     pref = RunDir(tmp_path / "q")
-    early = loop.refit_reward(pref, 8)
+    early = refit_reward(pref, 8)
     with ComparisonStore(pref.labels_path) as store:
         first = [c for c in store.comparisons()[:8] if c.label in (0, 1)]
         segs = store.segments(i for c in first for i in c.segment_ids)
@@ -117,8 +119,8 @@ def test_evaluation_scores_whole_episodes_with_a_given_learned_reward():
             return np.full((2, len(obs)), 0.5, np.float32)
 
     cfg = load_config(None, ["eval_episodes=3", "eval_policy='stochastic'"])
-    agent = loop.make_agent(cfg.agent, loop.make_vec_env(cfg.env, seed=0), seed=0)
-    result = loop.evaluate(agent, cfg, reward=Constant())
+    agent = make_agent(cfg.agent, make_vec_env(cfg.env, seed=0), seed=0)
+    result = evaluate(agent, cfg, reward=Constant())
     assert result["eval/learned_return"] == pytest.approx(0.5 * result["eval/ep_len"])
     assert result["eval/true_return"] == pytest.approx(result["eval/ep_len"])  # CartPole's own reward is still 1
 
@@ -138,8 +140,8 @@ class PendulumCost:
 @pytest.mark.parametrize(("sign", "agreement", "corr"), [(1.0, 1.0, 1.0), (-1.0, 0.0, -1.0)])
 def test_evaluation_ranks_pieces_of_play_by_learned_and_true_return(sign, agreement, corr):
     cfg = load_config(None, ["env.id='Pendulum-v1'", "eval_episodes=2", "eval_policy='stochastic'"])
-    agent = loop.make_agent(cfg.agent, loop.make_vec_env(cfg.env, seed=0), seed=0)
-    result = loop.evaluate(agent, cfg, reward=PendulumCost(sign), window=25)
+    agent = make_agent(cfg.agent, make_vec_env(cfg.env, seed=0), seed=0)
+    result = evaluate(agent, cfg, reward=PendulumCost(sign), window=25)
     assert result["eval/windows"] == 2 * (200 // 25)  # each 200-step episode gives 8 whole pieces
     assert result["eval/window_agreement"] == pytest.approx(agreement, abs=1e-3)
     assert result["eval/window_corr"] == pytest.approx(corr, abs=1e-4)
@@ -147,16 +149,16 @@ def test_evaluation_ranks_pieces_of_play_by_learned_and_true_return(sign, agreem
 
 def test_window_agreement_counts_ties_half_and_samples_many_pairs():
     true = np.repeat([0.0, 1.0], 50)
-    same = loop.window_agreement(np.stack([np.zeros(100), true], axis=1))  # the reward cannot tell any apart
+    same = window_agreement(np.stack([np.zeros(100), true], axis=1))  # the reward cannot tell any apart
     assert same["eval/window_agreement"] == 0.5 and np.isnan(same["eval/window_corr"])
     rng = np.random.default_rng(0)
     learned = true + rng.normal(0, 1, 100)
-    exact = loop.window_agreement(np.stack([learned, true], axis=1))
-    drawn = loop.window_agreement(np.stack([learned, true], axis=1), max_pairs=2000)
+    exact = window_agreement(np.stack([learned, true], axis=1))
+    drawn = window_agreement(np.stack([learned, true], axis=1), max_pairs=2000)
     want = np.mean([a > b for a in learned[50:] for b in learned[:50]])  # each pair of a 1 and a 0
     assert exact["eval/window_agreement"] == pytest.approx(want)
     assert drawn["eval/window_agreement"] == pytest.approx(want, abs=0.05)
-    assert np.isnan(loop.window_agreement(np.zeros((0, 2)))["eval/window_agreement"])
+    assert np.isnan(window_agreement(np.zeros((0, 2)))["eval/window_agreement"])
 
 
 @pytest.mark.parametrize(
@@ -191,10 +193,10 @@ def test_standardized_inputs_are_fixed_by_the_first_fit(tmp_path):
         answers = store.comparisons()
         first, every = steps_of(answers[:n_first], store), steps_of(answers, store)
     assert n_first < len(answers) == 24
-    reward = loop.load_reward(run)  # after the last fit: still the first fit's statistics
+    reward = load_reward(run)  # after the last fit: still the first fit's statistics
     np.testing.assert_allclose(reward.in_shift.numpy(), first.mean(0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(reward.in_scale.numpy(), first.std(0), rtol=1e-4)
-    refit = loop.refit_reward(run, len(answers))  # fit afresh: the statistics of the labels it is fit to
+    refit = refit_reward(run, len(answers))  # fit afresh: the statistics of the labels it is fit to
     assert refit.standardize
     np.testing.assert_allclose(refit.in_shift.numpy(), every.mean(0), rtol=1e-4, atol=1e-5)
     assert not np.allclose(refit.in_scale.numpy(), reward.in_scale.numpy())
@@ -284,7 +286,7 @@ def test_evaluation_acts_as_eval_policy_says(policy, want, monkeypatch):
     from stable_baselines3 import PPO
 
     cfg = load_config(None, ["eval_episodes=2", f"eval_policy='{policy}'"])
-    agent = loop.make_agent(cfg.agent, loop.make_vec_env(cfg.env, seed=0), seed=0)
+    agent = make_agent(cfg.agent, make_vec_env(cfg.env, seed=0), seed=0)
     seen = []
     real_predict = PPO.predict
 
@@ -293,7 +295,7 @@ def test_evaluation_acts_as_eval_policy_says(policy, want, monkeypatch):
         return real_predict(self, obs, state, episode_start, deterministic)
 
     monkeypatch.setattr(PPO, "predict", spy)
-    result = loop.evaluate(agent, cfg)
+    result = evaluate(agent, cfg)
     assert sorted(set(seen)) == want and len(seen) >= 2 * 8  # every step of both episodes, one way
     assert result["eval/true_return"] > 0
 
@@ -309,7 +311,7 @@ def test_evaluation_acts_as_eval_policy_says(policy, want, monkeypatch):
 )
 def test_auto_evaluation_samples_actions_on_atari_only(env_id, policy, deterministic):
     cfg = load_config(None, [f"env.id='{env_id}'", f"eval_policy='{policy}'"])
-    assert loop.eval_deterministic(cfg) is deterministic
+    assert eval_deterministic(cfg) is deterministic
 
 
 @pytest.mark.parametrize(
@@ -323,7 +325,7 @@ def test_auto_evaluation_samples_actions_on_atari_only(env_id, policy, determini
 )
 def test_the_reward_zero_is_the_mean_on_atari_unless_set(env_id, center, want):
     cfg = load_config(None, [f"env.id='{env_id}'", f"reward.center='{center}'"])
-    assert loop.reward_center(cfg) == want
+    assert reward_center(cfg) == want
 
 
 @pytest.mark.parametrize(
@@ -337,7 +339,7 @@ def test_the_reward_zero_is_the_mean_on_atari_unless_set(env_id, center, want):
 )
 def test_queries_seek_out_episode_ends_except_on_atari_unless_set(env_id, share, want):
     cfg = load_config(None, [f"env.id='{env_id}'", f"labels.ends_share={share}"])
-    assert loop.ends_share(cfg) == want
+    assert ends_share(cfg) == want
 
 
 @pytest.mark.parametrize("share", ["'half'", "1.5"])
@@ -361,16 +363,16 @@ def test_a_fresh_agent_trains_on_a_frozen_learned_reward_and_resumes_without_its
     frozen_sets = ["reward_source='frozen'", f"reward_from='{source.path}'", "total_timesteps=4096", "eval_every=2048"]
     cfg = load_config(None, [*TINY, *frozen_sets])
     run = RunDir(tmp_path / "frozen")
-    real_save = kill_after(loop, "save_agent", 2)  # killed after two chunks
+    real_save = kill_after(checkpoint, "save_agent", 2)  # killed after two chunks
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg, run, progress=False)
-    monkeypatch.setattr(loop, "save_agent", real_save)
+    monkeypatch.setattr(checkpoint, "save_agent", real_save)
     # the agent's reward is the source's final one, and the run keeps its own copy of it
-    want = loop.load_reward(source)
+    want = load_reward(source)
     shutil.rmtree(source.path)
     result = loop.train(run.load_config(), run, progress=False)
     assert result.labels == 0 and result.timesteps >= 4096 and not run.labels_path.exists()
-    got = loop.freeze_reward(run.load_config(), run)
+    got = freeze_reward(run.load_config(), run)
     obs = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
     acts = np.arange(16) % 2
     np.testing.assert_array_equal(got.step_rewards(obs, acts), want.step_rewards(obs, acts))
@@ -418,11 +420,11 @@ def test_linear_schedules_decay_over_the_whole_run_across_chunks_and_a_resume(tm
 
     monkeypatch.setattr(PPO, "train", train)
     run = RunDir(tmp_path / "r")
-    real_save = kill_after(loop, "save_agent", 2)  # killed after its second chunk
+    real_save = kill_after(checkpoint, "save_agent", 2)  # killed after its second chunk
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg, run, progress=False)
     killed_at = updates[-1][0]
-    monkeypatch.setattr(loop, "save_agent", real_save)
+    monkeypatch.setattr(checkpoint, "save_agent", real_save)
     loop.train(run.load_config(), run, progress=False)
 
     steps = [t for t, _, _ in updates]
@@ -437,10 +439,10 @@ def test_a_damaged_checkpoint_is_refused_in_one_line_and_its_labels_start_the_ru
 ):
     cfg = load_config(None, TINY)
     run = RunDir(tmp_path / "run")
-    real_checkpoint = kill_after(loop, "checkpoint", 3)
+    real_checkpoint = kill_after(checkpoint, "save", 3)
     with pytest.raises(KeyboardInterrupt):
         loop.train(cfg, run, progress=False)
-    monkeypatch.setattr(loop, "checkpoint", real_checkpoint)
+    monkeypatch.setattr(checkpoint, "save", real_checkpoint)
     before = ComparisonStore(run.labels_path).comparisons()
     buffer = run.ckpt / "buffer.npz"
     buffer.write_bytes(buffer.read_bytes()[: buffer.stat().st_size // 2])  # cut short, as by a full disk

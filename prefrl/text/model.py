@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prefrl.io import atomic_write
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -224,8 +226,8 @@ def save_checkpoint(path: str | Path, model: GPT, *, words: Sequence[str], extra
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"config": asdict(model.cfg), "state_dict": model.state_dict(), "words": list(words), **(extra or {})}
-    torch.save(blob, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
+    with atomic_write(path) as tmp:
+        torch.save(blob, tmp)
 
 
 def load_checkpoint(path: str | Path) -> tuple[GPT, list[str]]:

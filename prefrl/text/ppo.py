@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prefrl.config import ConfigError
+from prefrl.io import atomic_write
 
 if TYPE_CHECKING:
     from prefrl.text.lm import LanguageModel, Rollout
@@ -411,9 +412,8 @@ class TextPPO:
             "ref_fingerprint": self._ref_fingerprint(),
             "config": dataclasses.asdict(self.cfg),
         }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path)
+        with atomic_write(path) as tmp:
+            torch.save(blob, tmp)
 
     def load(self, path: str | Path) -> TextPPO:
         """Resume from :meth:`save`'s file; this trainer must have been built from the same initial model."""

@@ -48,8 +48,9 @@ import tomli_w
 import torch
 
 from envs.text import DATA_DIR, EOS, TextContinuationEnv, WordTokenizer
-from prefrl.config import ConfigError, _merge, _toml_safe, parse_override
+from prefrl.config import ConfigError, merge_layer, parse_override, toml_safe
 from prefrl.data import Comparison, ComparisonStore, Segment
+from prefrl.io import atomic_write, atomic_write_text
 from prefrl.run import MetricsLog, restore_rng, rng_state, training_lock
 from prefrl.segments import select_queries
 from prefrl.text.lm import TINY_MODELS, LanguageModel, Rollout, load_lm
@@ -188,7 +189,7 @@ def load_text_config(path: str | Path | None = None, overrides: Sequence[str] = 
     if layers and "overrides" in layers[0]:  # a saved config.toml: the keys its run set explicitly
         explicit += list(layers[0].pop("overrides"))
     for layer in layers:
-        _merge(cfg, layer, "", explicit)
+        merge_layer(cfg, layer, "", explicit)
     cfg.overrides = sorted(set(explicit) | set(cfg.overrides))
     check_text_config(cfg)
     return cfg
@@ -232,7 +233,7 @@ def check_text_config(cfg: TextConfig) -> None:
 
 
 def save_text_config(cfg: TextConfig, path: Path) -> None:
-    path.write_text(tomli_w.dumps(_toml_safe(dataclasses.asdict(cfg))))
+    path.write_text(tomli_w.dumps(toml_safe(dataclasses.asdict(cfg))))
 
 
 def load_prompt_texts(path: str | Path = "") -> list[str]:
@@ -509,18 +510,15 @@ class TextRun:
         ck = self.path / "checkpoint"
         self.ppo.save(ck / "ppo.pt")
         if self.reward_model is not None:
-            tmp = ck / "reward.pt.tmp"
-            torch.save(self.reward_model.state_dict(), tmp)
-            tmp.replace(ck / "reward.pt")
+            with atomic_write(ck / "reward.pt") as tmp:
+                torch.save(self.reward_model.state_dict(), tmp)
         state = {
             "step": self.step,
             "online_asked": self.online_asked,
             "rng": rng_state(self.rng),
             "gen": self.gen.get_state().tolist(),
         }
-        tmp = ck / "state.json.tmp"
-        tmp.write_text(json.dumps(state))
-        tmp.replace(ck / "state.json")  # written last: the commit marker
+        atomic_write_text(ck / "state.json", json.dumps(state))  # written last: the commit marker
 
     def restore(self) -> bool:
         ck = self.path / "checkpoint"
