@@ -1,7 +1,8 @@
 """Grids of runs: environments × methods (true reward, prefrl at each label budget and sampler) × seeds.
 
-A grid file names experiments and what to vary; every cell of the grid is an ordinary run directory
-(``prefrl plot RUN`` and ``prefrl train --resume RUN`` work on it). Runs execute in a local process
+A grid file (a path, or the name of a shipped grid: ``prefrl bench canary``) names experiments and what to
+vary; every cell of the grid is an ordinary run directory (``prefrl plot RUN`` and ``prefrl train --resume RUN``
+work on it). Runs execute in a local process
 pool, or as tasks on a Ray cluster; either way each one is :func:`run_job`. Rerunning a grid skips the
 finished runs and resumes the interrupted ones from their checkpoints; a true-reward run the grid now wants
 longer goes on from its last one.
@@ -27,7 +28,7 @@ goal_return = 3000                    # ... and this final true return (either o
 notes = "Text for the summary."       # e.g. why a goal is missed (an experiment's own notes go under its name)
 
 [[experiments]]
-experiment = "hopper"                 # experiments/hopper.toml (or a path; relative to this file or the cwd)
+experiment = "hopper"                 # experiments/hopper.toml, shipped (or a path relative to this file or the cwd)
 labels = [700, 1400]                  # any of the keys above, for this experiment only
 
 [[experiments]]

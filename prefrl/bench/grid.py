@@ -14,6 +14,7 @@ from typing import Any
 from prefrl.bench.records import _read_record
 from prefrl.config import ConfigError, TrainConfig, load_config, loads_config, to_dict
 from prefrl.run import RunDir
+from prefrl.shipped import shipped_dir, shipped_names
 
 # Keys of a grid file (top level) and of an [[experiments]] entry, with their types.
 _VARIED = {"seeds": list, "labels": list, "samplers": list, "true_reward": bool, "timesteps": int, "set": list}
@@ -211,18 +212,16 @@ def _experiment_source(entry: dict, grid_path: Path, where: str) -> tuple[dict |
         return {"name": _slug(env_id), "env": {"id": env_id}}, None, _slug(env_id)
     name = entry["experiment"]
     names = [name] if name.endswith(".toml") else [name, f"{name}.toml"]
-    places = [
-        grid_path.parent,
-        Path.cwd(),
-        Path.cwd() / "experiments",
-        Path(__file__).resolve().parents[2] / "experiments",
-    ]
+    places = [grid_path.parent, Path.cwd(), Path.cwd() / "experiments", shipped_dir("experiments")]
     for place in places:
         for n in names:
             if (place / n).is_file():
                 return None, place / n, Path(n).stem
     tried = ", ".join(str(p) for p in dict.fromkeys(places))
-    raise ConfigError(f"{where}: experiment {name!r} not found (looked in {tried}); give a path to a TOML file")
+    raise ConfigError(
+        f"{where}: experiment {name!r} not found (looked in {tried}); give a path to a TOML file or one of the "
+        f"shipped experiments: {', '.join(shipped_names('experiments'))}"
+    )
 
 
 def _check_keys(table: dict, allowed: dict[str, type], where: str) -> None:
