@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="learn a task from preference comparisons (default: CartPole quickstart)")
-    p.add_argument("experiment", nargs="?", help="experiment TOML (default: the embedded CartPole quickstart)")
+    p.add_argument("experiment", nargs="?",
+                   help="experiment TOML, or the name of a shipped one, e.g. pendulum (default: the embedded CartPole "
+                        "quickstart)")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set labels.total=500 (repeatable)")  # fmt: skip
     p.add_argument("--run-dir", type=Path, help="where to write the run (default: runs/NAME-TIME)")
@@ -68,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", type=Path)
 
     p = sub.add_parser("bench", help="run a grid of experiments × methods × seeds; tables and plots of the results")
-    p.add_argument("grid", type=Path, help="grid TOML (see benchmarks/grids/)")
+    p.add_argument(
+        "grid", type=Path, help="grid TOML, or the name of a shipped one, e.g. canary (see benchmarks/grids/)"
+    )
     p.add_argument("--workers", type=int, default=2, help="runs at once (local processes, or Ray tasks in flight)")
     p.add_argument("--ray-address", metavar="ADDR",
                    help="run on Ray: auto, HOST:PORT of a running cluster, or local (start one here)")  # fmt: skip
@@ -146,7 +150,10 @@ def _train_text(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from prefrl.make import check_config
     from prefrl.run import RunDir, training_lock
+    from prefrl.shipped import resolve
 
+    if args.experiment is not None and args.resume is None:
+        args.experiment = str(resolve(args.experiment, "experiments"))
     if _text_run(args):
         return _train_text(args)
     if args.simulate_labeler:
@@ -436,8 +443,9 @@ def _hours(seconds: float) -> str:
 
 def _bench(args: argparse.Namespace) -> int:
     from prefrl.bench import load_grid, run_grid, status, write_results
+    from prefrl.shipped import resolve
 
-    grid = load_grid(args.grid, runs_dir=args.runs, out_dir=args.out)
+    grid = load_grid(resolve(args.grid, "grids"), runs_dir=args.runs, out_dir=args.out)
     if args.status:
         for s in status(grid):
             print(f"{s['run']:<48} {s['state']:<12} {s['timesteps']:>10,} / {s['total']:,} steps{_times(s)}")

@@ -111,6 +111,13 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "checkpoint").mkdir(exist_ok=True)
 
+    @classmethod
+    def peek(cls, path: str | Path) -> RunDir:
+        """The run directory at ``path`` to read, without creating it: it may not exist (yet, or here at all)."""
+        run = cls.__new__(cls)
+        run.path = Path(path)
+        return run
+
     config_path = property(lambda self: self.path / "config.toml")
     labels_path = property(lambda self: self.path / "labels.sqlite")
     metrics_path = property(lambda self: self.path / "metrics.csv")
@@ -146,6 +153,19 @@ class RunDir:
 
     def read_final(self) -> dict[str, Any]:
         return json.loads((self.ckpt / "final.json").read_text())
+
+    def clear_final(self) -> None:
+        """Not finished any more (a run to be lengthened): it resumes from its last checkpoint."""
+        (self.ckpt / "final.json").unlink(missing_ok=True)
+
+    def timesteps(self) -> int | None:
+        """Agent steps done: the finished run's, else its last checkpoint's; None where neither is readable."""
+        for name in ("final.json", "state.json"):
+            try:
+                return int(json.loads((self.ckpt / name).read_text()).get("timesteps", 0))
+            except (OSError, ValueError):
+                continue
+        return None
 
 
 _LOCKED: set[Path] = set()  # the run directories this process holds the training lock of

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-import prefrl.bench as bench
+import prefrl.bench.execute as bench_execute
+import prefrl.bench.plots as bench_plots
 import prefrl.checkpoint as checkpoint
 import prefrl.loop as loop
 from prefrl.bench import RUNS_COLUMNS, load_grid, run_grid, status, write_results, write_summary
@@ -176,7 +177,7 @@ def test_a_checkout_with_only_the_results_skips_the_recorded_runs_and_keeps_thei
     # record is written the moment it finishes, not only with the tables at the end of the grid.
     gone = next(j for j in pool.grid.jobs if j.experiment == "cartpole" and j.method == "true" and j.seed == 0)
     (out / "finished" / f"{gone.name}.json").unlink()
-    monkeypatch.setattr(bench, "write_results", lambda grid: [])
+    monkeypatch.setattr(bench_execute, "write_results", lambda grid: [])
     report = run_grid(load_grid(SMOKE, runs_dir=tmp_path / "runs", out_dir=out), workers=1, progress=False)
     assert report.ran == [gone.name] and report.finished == 8 and report.failed == {}
     assert (out / "finished" / f"{gone.name}.json").exists()
@@ -311,10 +312,12 @@ def test_a_variant_of_the_preference_runs_is_measured_against_its_baselines_true
     )
     assert (out / "returns-cartpole-std.png").stat().st_size > 10_000
     drawn = []
-    real_panel = bench._panel
+    real_panel = bench_plots._panel
     with pytest.MonkeyPatch.context() as mp:  # the variant's panel has its baseline's true-reward line
-        mp.setattr(bench, "_panel", lambda ax, g, r, exp, **kw: (real_panel(ax, g, r, exp, **kw), drawn.append(ax)))
-        bench.plot_grid(grid, rows, tmp_path)
+        mp.setattr(
+            bench_plots, "_panel", lambda ax, g, r, exp, **kw: (real_panel(ax, g, r, exp, **kw), drawn.append(ax))
+        )
+        bench_plots.plot_grid(grid, rows, tmp_path)
     labels = [line.get_label() for line in drawn[-1].lines]
     assert any(label.startswith("PPO, true reward") for label in labels) and "20 labels" in labels
 
