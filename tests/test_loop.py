@@ -468,3 +468,18 @@ def test_a_saved_config_without_a_newer_key_resumes_with_the_behaviour_it_starte
     monkeypatch.setitem(config.SINCE, ("reward", "norm_on"), "first")  # as if the old behaviour were "first"
     assert config.loads_config(older).reward.norm_on == "first"
     assert config.loads_config(text).reward.norm_on == "recent"  # a key the run saved is kept as saved
+
+
+def test_a_control_run_uses_one_torch_thread_unless_told_or_its_observations_are_images(monkeypatch):
+    import torch
+
+    from prefrl.cli import set_torch_threads
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    calls: list[int] = []
+    set_torch_threads(0, load_config(None, []))  # CartPole: small MLPs
+    set_torch_threads(2, load_config(None, []))
+    set_torch_threads(0, load_config(None, ["env.id='ALE/Pong-v5'"]))  # CNNs: torch's own choice
+    assert calls == [1, 2]
+    with pytest.raises(ConfigError, match="--threads -1"):
+        set_torch_threads(-1, load_config(None, []))
