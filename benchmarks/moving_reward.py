@@ -115,27 +115,13 @@ def compare(groups: list[str], seeds: int = 0) -> None:
         )
 
 
-def random_return(env_id: str, episodes: int = 100, seed: int = 0) -> float:
-    """Mean return of a uniformly random policy over ``episodes`` episodes."""
-    import gymnasium as gym
-
-    env = gym.make(env_id)
-    env.action_space.seed(seed)
-    returns = []
-    for i in range(episodes):
-        env.reset(seed=seed + i)
-        total, done = 0.0, False
-        while not done:
-            _, r, terminated, truncated, _ = env.step(env.action_space.sample())
-            total, done = total + float(r), terminated or truncated
-        returns.append(total)
-    return statistics.mean(returns)
-
-
 def normalized(env_id: str, pref: Path, true: Path) -> None:
     """Seed by seed: the preference run's final return, the true-reward run's, and the normalized score
     (return − random) / (true-reward − random)."""
-    rnd = random_return(env_id)
+    from prefrl.bench.report import random_return
+    from prefrl.config import load_config
+
+    rnd = random_return(load_config(None, [f"env.id='{env_id}'"], base={}), episodes=100)
     print(f"{env_id}: random policy {rnd:.1f} (100 episodes)\n")
     print("| seed | from preferences | true reward | normalized |")
     print("|---:|---:|---:|---:|")

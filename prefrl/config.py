@@ -419,14 +419,7 @@ def load_config(
     elif path is None:
         layers.append(QUICKSTART)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config: no such experiment file '{path}'")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config: {path} is not valid TOML ({e})") from None
-        layers.append(data)
+        layers.append(read_toml(Path(path), "config", "experiment file"))
     layers.extend(parse_override(o) for o in overrides)
     for layer in layers:
         oracle = layer.get("oracle")
@@ -445,6 +438,16 @@ def load_config(
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def read_toml(path: Path, who: str, what: str) -> dict[str, Any]:
+    """The TOML file at ``path``; a missing or malformed file is refused in one line that starts ``who:``."""
+    if not path.is_file():
+        raise ConfigError(f"{who}: no such {what} '{path}'")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{who}: {path} is not valid TOML ({e})") from None
 
 
 def from_dict(data: dict[str, Any]) -> TrainConfig:

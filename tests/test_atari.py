@@ -81,10 +81,10 @@ def test_a_lost_life_ends_the_agents_episode_but_the_logged_return_is_the_whole_
 
 
 def test_the_random_policy_score_of_a_grid_counts_whole_games_not_lives():
-    from prefrl.bench.report import _random_return
+    from prefrl.bench.report import random_return
 
     cfg = load_config(EXPERIMENT.with_name("atari_breakout.toml"))
-    score = _random_return(cfg, episodes=2)
+    score = random_return(cfg, episodes=2)
     assert 0 <= score < 10  # a random Breakout game scores about 1; one life would end it after a few points
 
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefrl.bench.records import _read_record
-from prefrl.config import ConfigError, TrainConfig, load_config, loads_config, to_dict
+from prefrl.config import ConfigError, TrainConfig, load_config, loads_config, read_toml, to_dict
 from prefrl.run import RunDir
 from prefrl.shipped import shipped_dir, shipped_names
 
@@ -93,12 +92,7 @@ def load_grid(path: str | Path, *, runs_dir: Path | None = None, out_dir: Path |
     directories go in ``runs_dir`` (default ``benchmarks/runs/NAME``), results in ``out_dir`` (default
     ``benchmarks/results/NAME``)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"bench: no such grid file '{path}'")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"bench: {path} is not valid TOML ({e})") from None
+    data = read_toml(path, "bench", "grid file")
     _check_keys(data, _TOP, f"{path}")
     name = data.get("name", path.stem)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):

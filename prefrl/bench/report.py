@@ -103,12 +103,14 @@ def random_returns(grid: Grid, out_dir: Path, episodes: int = 20) -> dict[str, f
     cache = json.loads(path.read_text()) if path.exists() else {}
     for job in grid.jobs:
         if job.experiment not in cache:
-            cache[job.experiment] = _random_return(job.config, episodes)
+            cache[job.experiment] = random_return(job.config, episodes)
     path.write_text(json.dumps(cache, indent=1))
     return cache
 
 
-def _random_return(cfg: TrainConfig, episodes: int) -> float:
+def random_return(cfg: TrainConfig, episodes: int) -> float:
+    """Mean true return of a uniformly random policy in ``cfg.env`` over ``episodes`` whole episodes (games, on
+    Atari): the 0 of a normalized score."""
     from prefrl.make import make_vec_env
 
     env_cfg = dataclasses.replace(cfg.env, n_envs=1)
