@@ -28,7 +28,7 @@ from prefrl.io import atomic_write
 
 DPI = 120
 _SIZE = (7.0, 4.2)
-_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
 
 _AXIS_LABELS = {
     "timesteps": "environment steps",
@@ -106,11 +106,11 @@ def _figure(nrows: int = 1, height: float = _SIZE[1]) -> tuple[Figure, list[Axes
     FigureCanvasAgg(fig)
     axes = [fig.add_subplot(nrows, 1, i + 1) for i in range(nrows)]
     for ax in axes:
-        _style(ax)
+        apply_style(ax)
     return fig, axes
 
 
-def _style(ax: Axes, *, steps_axis: bool = True) -> None:
+def apply_style(ax: Axes, *, steps_axis: bool = True) -> None:
     ax.grid(True, alpha=0.3, linewidth=0.8)
     ax.spines[["top", "right"]].set_visible(False)
     if steps_axis:
@@ -170,18 +170,18 @@ def _plot_returns(metrics: Mapping[str, np.ndarray], path: Path, name: str) -> P
     fig, (ax,) = _figure()
     has_true = bool(len(true[0]) or len(evals[0]))
     if len(true[0]):
-        _line(ax, *true, color=_COLORS[0], label="true return (training episodes)")
+        _line(ax, *true, color=COLORS[0], label="true return (training episodes)")
     if len(evals[0]):
-        _line(ax, *evals, color=_COLORS[2], linestyle="none", marker="D", markersize=5, label="true return (eval)")
+        _line(ax, *evals, color=COLORS[2], linestyle="none", marker="D", markersize=5, label="true return (eval)")
     if has_true:
-        ax.set_ylabel("true episode return", color=_COLORS[0])
+        ax.set_ylabel("true episode return", color=COLORS[0])
     ax_pred = ax
     if len(pred[0]):
         if has_true:  # the learned reward has its own arbitrary scale: give it its own axis
             ax_pred = ax.twinx()
             ax_pred.spines["top"].set_visible(False)
-        _line(ax_pred, *pred, color=_COLORS[1], linestyle="--", label="predicted return (learned reward)")
-        ax_pred.set_ylabel("predicted episode return", color=_COLORS[1])
+        _line(ax_pred, *pred, color=COLORS[1], linestyle="--", label="predicted return (learned reward)")
+        ax_pred.set_ylabel("predicted episode return", color=COLORS[1])
     handles = ax.get_legend_handles_labels()[0]
     if ax_pred is not ax:
         handles += ax_pred.get_legend_handles_labels()[0]
@@ -195,7 +195,7 @@ def _plot_labels(metrics: Mapping[str, np.ndarray], path: Path, name: str) -> Pa
     if not len(x):
         return None
     fig, (ax,) = _figure()
-    _line(ax, x, y, color=_COLORS[4], label="labels (cumulative)")
+    _line(ax, x, y, color=COLORS[4], label="labels (cumulative)")
     ax.set_ylabel("labels")
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper left", framealpha=0.85, fontsize=9)
@@ -211,7 +211,7 @@ def _plot_accuracy(metrics: Mapping[str, np.ndarray], path: Path, name: str) -> 
     has_loss = any(len(x) for x, _ in loss.values())
     fig, axes = _figure(nrows=2 if has_loss else 1, height=6.0 if has_loss else _SIZE[1])
     ax = axes[0]
-    for (key, (x, y)), color in zip(acc.items(), _COLORS, strict=False):
+    for (key, (x, y)), color in zip(acc.items(), COLORS, strict=False):
         if len(x):
             _line(ax, x, y, color=color, label=_AXIS_LABELS[key])
     ax.axhline(0.5, color="0.5", linestyle=":", linewidth=1.2, label="chance")
@@ -221,7 +221,7 @@ def _plot_accuracy(metrics: Mapping[str, np.ndarray], path: Path, name: str) -> 
     ax.set_title(f"{name}: reward model")
     if has_loss:
         ax.set_xlabel("")
-        for (key, (x, y)), color in zip(loss.items(), _COLORS, strict=False):
+        for (key, (x, y)), color in zip(loss.items(), COLORS, strict=False):
             if len(x):
                 _line(axes[1], x, y, color=color, linestyle="--", label=_AXIS_LABELS[key])
         axes[1].set_ylabel("loss")
@@ -236,13 +236,13 @@ def _plot_segments(segments: Mapping[str, np.ndarray], path: Path, name: str) ->
     fig = Figure(figsize=(5.6, 5.0), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    _style(ax, steps_axis=False)
+    apply_style(ax, steps_axis=False)
     alpha = float(np.clip(30.0 / math.sqrt(len(x)), 0.15, 0.8))
-    ax.scatter(x, y, s=14, alpha=alpha, color=_COLORS[0], edgecolors="none", label="segment")
+    ax.scatter(x, y, s=14, alpha=alpha, color=COLORS[0], edgecolors="none", label="segment")
     if len(x) >= 2 and np.ptp(x) > 0:
         slope, intercept = np.polyfit(x, y, 1)
         xs = np.array([x.min(), x.max()])
-        ax.plot(xs, slope * xs + intercept, color=_COLORS[3], linewidth=1.5, label="least-squares fit")
+        ax.plot(xs, slope * xs + intercept, color=COLORS[3], linewidth=1.5, label="least-squares fit")
         ax.legend(loc="upper left", framealpha=0.85, fontsize=9)
     ax.set_xlabel("true segment return")
     ax.set_ylabel("predicted segment return")
@@ -279,12 +279,12 @@ def plot_comparison(
         if not curves:
             warnings.warn(f"plot_comparison: no {key!r} data for {name!r}; left out of {out.name}", stacklevel=2)
             continue
-        color = _COLORS[i % len(_COLORS)]
+        color = COLORS[i % len(COLORS)]
         if len(curves) == 1:
             _line(ax, *curves[0], color=color, label=name)
             drawn += 1
             continue
-        grid = _common_grid([x for x, _ in curves])
+        grid = common_grid([x for x, _ in curves])
         if not len(grid):
             warnings.warn(f"plot_comparison: the seeds of {name!r} share no timesteps; left out", stacklevel=2)
             continue
@@ -313,7 +313,7 @@ def _run_curve(run_dir: Path, key: str) -> tuple[np.ndarray, np.ndarray] | None:
     return x, y
 
 
-def _common_grid(xs: Sequence[np.ndarray]) -> np.ndarray:
+def common_grid(xs: Sequence[np.ndarray]) -> np.ndarray:
     """Union of the runs' timesteps within the range every run covers."""
     lo, hi = max(x[0] for x in xs), min(x[-1] for x in xs)
     grid = np.unique(np.concatenate(xs))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from prefrl.bench.grid import Grid, Job
-from prefrl.bench.records import _finished, _read_final, _read_record, _timesteps_done, write_records
+from prefrl.bench.records import is_finished, read_final_result, read_record, timesteps_done, write_records
 from prefrl.bench.report import collect_rows, write_results
 from prefrl.config import ConfigError
 from prefrl.run import RunDir
@@ -69,7 +69,7 @@ def run_grid(
     say = log or (lambda msg: print(f"prefrl: {msg}", file=sys.stderr, flush=True))
     if workers < 1:
         raise ConfigError("--workers must be ≥ 1")
-    todo = [j for j in grid.jobs if not _finished(j)]
+    todo = [j for j in grid.jobs if not is_finished(j)]
     resumed = sum(j.run.has_checkpoint() for j in todo)
     where = f"Ray at {ray_address}" if ray_address else f"a local pool of {min(workers, max(1, len(todo)))} workers"
     say(
@@ -82,7 +82,7 @@ def run_grid(
 
     def done(job: Job, error: BaseException | None) -> None:
         if error is None:
-            view.write(f"{job.name}: true return {_read_final(job)['true_return']:.1f}")
+            view.write(f"{job.name}: true return {read_final_result(job)['true_return']:.1f}")
             write_records(grid, collect_rows(grid))  # at once: the record is what outlives the run directory
         else:
             failed[job.name] = f"{type(error).__name__}: {error}"
@@ -101,7 +101,7 @@ def run_grid(
     finally:
         view.close()
         written = write_results(grid)  # also when interrupted: the results so far
-    finished = sum(_finished(j) for j in grid.jobs)
+    finished = sum(is_finished(j) for j in grid.jobs)
     return Report(len(grid.jobs), finished, failed, [j.name for j in todo], written)
 
 
@@ -252,8 +252,8 @@ class _Progress:
         self.refresh()
 
     def refresh(self) -> None:
-        steps = [_timesteps_done(j) for j in self.jobs]
-        finished = sum(_finished(j) for j in self.jobs)
+        steps = [timesteps_done(j) for j in self.jobs]
+        finished = sum(is_finished(j) for j in self.jobs)
         started = sum(s > 0 for s in steps) - finished
         self.bar.update(min(sum(steps), self.bar.total) - self.bar.n)
         self.bar.set_postfix_str(f"{finished}/{len(self.jobs)} runs finished, {started} part-way")
@@ -272,8 +272,8 @@ def status(grid: Grid) -> list[dict[str, Any]]:
     remaining steps take at its rate since its first logged row (past setup such as the reward fit before RL)."""
     out = []
     for j in grid.jobs:
-        t = _timesteps_done(j)
-        state = "finished" if _finished(j) else "part-way" if t > 0 else "not started"
+        t = timesteps_done(j)
+        state = "finished" if is_finished(j) else "part-way" if t > 0 else "not started"
         wall = _wall_s(j) if t > 0 else 0.0
         total = j.config.total_timesteps
         if state == "part-way":  # t > 0; a run past its steps but not yet evaluated has none left
@@ -292,7 +292,7 @@ def _wall_s(job: Job) -> float:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     try:
-        return float(_read_record(job)["rows"][-1]["wall_s"])
+        return float(read_record(job)["rows"][-1]["wall_s"])
     except (OSError, ConfigError, KeyError, IndexError, TypeError, ValueError):
         return math.nan
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefrl.bench.records import _read_record
+from prefrl.bench.records import read_record
 from prefrl.config import ConfigError, TrainConfig, load_config, loads_config, read_toml, to_dict
 from prefrl.run import RunDir
 from prefrl.shipped import shipped_dir, shipped_names
@@ -269,7 +269,7 @@ def _check_runs(jobs: list[Job]) -> None:
             saved_cfg, what = job.run.load_config(), f"{job.run_dir}"
             away = "move that run directory away to start it afresh"
         elif job.record.exists():
-            saved_cfg = loads_config(_read_record(job)["config"])
+            saved_cfg = loads_config(read_record(job)["config"])
             what = f"the finished run recorded in {job.record}"
             away = "delete that record to run it afresh"
         else:

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from prefrl.bench.grid import Grid, _slug
-from prefrl.bench.records import _group
-from prefrl.bench.summary import _method
+from prefrl.bench.records import group_key
+from prefrl.bench.summary import method_label
 
 
 def plot_grid(grid: Grid, rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
@@ -42,21 +42,21 @@ def plot_grid(grid: Grid, rows: list[dict[str, Any]], out_dir: Path) -> list[Pat
 
 
 def _panel(ax: Any, grid: Grid, rows: list[dict[str, Any]], exp: str, *, legend: bool) -> None:
-    from prefrl.plots import _COLORS, _style
+    from prefrl.plots import COLORS, apply_style
 
-    _style(ax)
+    apply_style(ax)
     base = grid.baseline_of(exp)  # a variant's panel shows its baseline's true-reward line
     groups = list(dict.fromkeys(j.group for j in grid.jobs if j.experiment == exp or j.group[:2] == (base, "true")))
     samplers = {g[3] for g in groups if g[1] == "prefrl"}
-    colors = itertools.cycle(_COLORS)  # black is the true reward
+    colors = itertools.cycle(COLORS)  # black is the true reward
     for g in groups:
-        curves = _curves([r for r in rows if _group(r) == g])
+        curves = _curves([r for r in rows if group_key(r) == g])
         if not curves:
             if g[1] != "true":
                 next(colors)
             continue
         if g[1] == "true":
-            color, name = "black", _method(grid, g)
+            color, name = "black", method_label(grid, g)
         else:
             color = next(colors)
             name = f"{g[2]} labels" + (f", {g[3]}" if len(samplers) > 1 else "")
@@ -86,9 +86,9 @@ def _curves(rows: list[dict[str, Any]]) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def _band(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
     """Seeds on a common grid of steps (where all of them have data): x, min, mean, max."""
-    from prefrl.plots import _common_grid
+    from prefrl.plots import common_grid
 
-    grid = _common_grid([x for x, _ in curves])
+    grid = common_grid([x for x, _ in curves])
     if not len(grid):  # seeds that share no steps yet: the longest alone
         x, y = max(curves, key=lambda c: c[0][-1])
         return x, y, y, y

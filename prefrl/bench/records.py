@@ -20,35 +20,35 @@ if TYPE_CHECKING:
     from prefrl.bench.grid import Grid, Job
 
 
-def _finished(job: Job) -> bool:
+def is_finished(job: Job) -> bool:
     """Trained to the grid's length (a run the grid has since lengthened is part-way again), by its run directory
     or, without one, by its record in the results."""
     try:
-        return _read_final(job)["timesteps"] >= job.config.total_timesteps
+        return read_final_result(job)["timesteps"] >= job.config.total_timesteps
     except (OSError, ValueError, KeyError):
         return False
 
 
-def _read_final(job: Job) -> dict[str, Any]:
+def read_final_result(job: Job) -> dict[str, Any]:
     """The run's ``final.json``; a run whose directory is not here has its record's."""
     run = job.run
     if run.finished() or run.config_path.exists() or not job.record.exists():
         return run.read_final()
-    return _read_record(job)["final"]
+    return read_record(job)["final"]
 
 
-def _read_record(job: Job) -> dict[str, Any]:
+def read_record(job: Job) -> dict[str, Any]:
     try:
         return json.loads(job.record.read_text())
     except ValueError as e:
         raise ConfigError(f"bench: {job.record} is not a run record ({e}); restore it from version control") from None
 
 
-def _timesteps_done(job: Job) -> int:
+def timesteps_done(job: Job) -> int:
     done = job.run.timesteps()
     if done is not None:
         return done
-    return _read_final(job)["timesteps"] if _finished(job) else 0
+    return read_final_result(job)["timesteps"] if is_finished(job) else 0
 
 
 def write_records(grid: Grid, rows: list[dict[str, Any]]) -> list[Path]:
@@ -56,10 +56,10 @@ def write_records(grid: Grid, rows: list[dict[str, Any]]) -> list[Path]:
     checkout without the run directories needs to skip the run and still show its results."""
     written = []
     for job in grid.jobs:
-        if not (job.run.finished() and _finished(job)):
+        if not (job.run.finished() and is_finished(job)):
             continue
-        final = _read_final(job)
-        if job.record.exists() and _read_record(job)["final"] == final:
+        final = read_final_result(job)
+        if job.record.exists() and read_record(job)["final"] == final:
             continue  # unchanged: keep the commit it was first recorded on
         record = {
             "run": job.name,
@@ -70,7 +70,7 @@ def write_records(grid: Grid, rows: list[dict[str, Any]]) -> list[Path]:
             "rows": [
                 {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
                 for r in rows
-                if _group(r) == job.group and r["seed"] == job.seed
+                if group_key(r) == job.group and r["seed"] == job.seed
             ],
         }
         job.record.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,7 @@ def write_records(grid: Grid, rows: list[dict[str, Any]]) -> list[Path]:
     return written
 
 
-def _group(r: dict[str, Any]) -> tuple[str, str, int, str]:
+def group_key(r: dict[str, Any]) -> tuple[str, str, int, str]:
     return (r["experiment"], r["method"], int(r["labels"]), r["sampler"])
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from prefrl.bench.grid import Grid
 from prefrl.bench.plots import plot_grid
-from prefrl.bench.records import _finished, _group, _read_record, write_records
+from prefrl.bench.records import group_key, is_finished, read_record, write_records
 from prefrl.bench.summary import write_summary
 from prefrl.config import TrainConfig
 
@@ -40,8 +40,8 @@ def collect_rows(grid: Grid) -> list[dict[str, Any]]:
     for job in grid.jobs:
         path = job.run.metrics_path
         if not path.exists():
-            if _finished(job):
-                rows += [{k: math.nan if v is None else v for k, v in r.items()} for r in _read_record(job)["rows"]]
+            if is_finished(job):
+                rows += [{k: math.nan if v is None else v for k, v in r.items()} for r in read_record(job)["rows"]]
             continue
         with path.open(newline="") as f:
             logged = list(csv.DictReader(f))
@@ -68,7 +68,7 @@ def collect_rows(grid: Grid) -> list[dict[str, Any]]:
                 }
             )
     order = {j.group: i for i, j in reversed(list(enumerate(grid.jobs)))}
-    rows.sort(key=lambda r: (order[_group(r)], r["seed"], r["timesteps"]))
+    rows.sort(key=lambda r: (order[group_key(r)], r["seed"], r["timesteps"]))
     return rows
 
 

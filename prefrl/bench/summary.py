@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from prefrl.bench.grid import Grid
-from prefrl.bench.records import _finished, _group, _read_record, machine
+from prefrl.bench.records import group_key, is_finished, machine, read_record
 
 LATE_EVALS = 3  # the summary's late ratio: each run's mean over its last this many evaluations
 
@@ -61,7 +61,7 @@ def summarize(grid: Grid, rows: list[dict[str, Any]], *, randoms: dict[str, floa
         n_seeds = sum(j.group == g for j in grid.jobs)
         mine = final.get(g, {})
         if not mine:
-            table.append(SummaryRow(exp, env, _method(grid, g), labels, sampler, 0, n_seeds, (), *[None] * 8))
+            table.append(SummaryRow(exp, env, method_label(grid, g), labels, sampler, 0, n_seeds, (), *[None] * 8))
             continue
         vals = [v for _, v in mine.values()]
         base_group = (grid.baseline_of(exp), "true", 0, "")
@@ -77,14 +77,14 @@ def summarize(grid: Grid, rows: list[dict[str, Any]], *, randoms: dict[str, floa
             late_ratio = float(np.mean([late[g][s] for s in seeds]) / late_b) if late_b > 0 else None
             rnd = randoms.get(exp)
             norm = float((m - rnd) / (b - rnd)) if rnd is not None and b != rnd else None
-        wall_by_seed = {r["seed"]: r["wall_s"] for r in rows if _group(r) == g and r["seed"] in mine}  # the last
+        wall_by_seed = {r["seed"]: r["wall_s"] for r in rows if group_key(r) == g and r["seed"] in mine}  # the last
         goal = None
         if goal_col and method != "true":
             goal = _goal(grid.goals.get(exp, {}), m_ratio, float(np.mean(vals)), float(np.min(vals)))
         steps = tuple(sorted({t for t, _ in mine.values()}))
         table.append(
             SummaryRow(
-                exp, env, _method(grid, g), labels, sampler, len(mine), n_seeds, steps,
+                exp, env, method_label(grid, g), labels, sampler, len(mine), n_seeds, steps,
                 float(np.mean(vals)), float(np.std(vals)), float(np.min(vals)), ratio, late_ratio, norm, goal,
                 float(np.mean(list(wall_by_seed.values()))),
             )
@@ -98,8 +98,8 @@ def _final_returns(grid: Grid, rows: list[dict[str, Any]]) -> tuple[dict, dict]:
     final: dict[tuple, dict[int, tuple[int, float]]] = {}  # group -> seed -> (timesteps, return) of finished runs
     late: dict[tuple, dict[int, float]] = {}  # group -> seed -> mean return of its last LATE_EVALS evaluations
     for job in grid.jobs:
-        if _finished(job):
-            last = [r for r in rows if _group(r) == job.group and r["seed"] == job.seed]
+        if is_finished(job):
+            last = [r for r in rows if group_key(r) == job.group and r["seed"] == job.seed]
             if last:
                 final.setdefault(job.group, {})[job.seed] = (last[-1]["timesteps"], last[-1]["true_return"])
                 late.setdefault(job.group, {})[job.seed] = float(
@@ -113,7 +113,7 @@ def render_summary(
 ) -> str:
     """The markdown of ``summary.md``: how the grid stands, what the columns mean, ``table``, the random policy's
     returns, the unfinished runs' latest evaluations and the grid's notes."""
-    finished = sum(_finished(j) for j in grid.jobs)
+    finished = sum(is_finished(j) for j in grid.jobs)
     goal_col = any(grid.goals.values())
     goal_text = [
         "Goal: what the grid file asks of the preference runs (ratio ≥ goal_ratio, mean final return ≥ goal_return,",
@@ -186,7 +186,7 @@ def _ran_on(grid: Grid) -> str:
     for job in grid.jobs:
         if not job.record.exists():
             continue
-        record = _read_record(job)
+        record = read_record(job)
         where = str(record.get("machine", "")).rsplit(", commit ", 1)[0] or "a machine not recorded"
         commits.setdefault(where, []).append(str(record.get("commit", "unknown")))
     if not commits:
@@ -204,11 +204,11 @@ def _part_way_lines(grid: Grid, rows: list[dict[str, Any]]) -> list[str]:
     steps: where a grid that takes days stands before its final table has anything to show."""
     by_run: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        by_run.setdefault((*_group(r), r["seed"]), []).append(r)
+        by_run.setdefault((*group_key(r), r["seed"]), []).append(r)
     lines = []
     for job in grid.jobs:
         mine = by_run.get((*job.group, job.seed))
-        if _finished(job) or not mine:
+        if is_finished(job) or not mine:
             continue
         last = mine[-1]
         base = by_run.get((grid.baseline_of(job.experiment), "true", 0, "", job.seed), [])
@@ -250,7 +250,7 @@ def _goal(goal: dict[str, float], ratio: float | str, final: float, worst: float
     return "; ".join(parts) or "—"
 
 
-def _method(grid: Grid, group: tuple[str, str, int, str]) -> str:
+def method_label(grid: Grid, group: tuple[str, str, int, str]) -> str:
     """``A2C, true reward`` (the experiment's own algorithm) or ``prefrl``."""
     if group[1] != "true":
         return "prefrl"
