@@ -21,37 +21,40 @@ def is_off_policy(agent: Any) -> bool:
     return isinstance(agent, OffPolicyAlgorithm)
 
 
-def replay_steps(agent: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The stored transitions of an off-policy ``agent``'s replay buffer: ``(idx, obs, actions)``.
-
-    ``idx``: ``(N, 2)`` (position, env) of each of the N transitions; ``obs``: ``(N, *obs_shape)`` as the env
-    emitted them (SB3 stores the raw observation under ``VecNormalize``); ``actions``: ``(N, *act_shape)`` as the
-    env received them (SB3 stores Box actions rescaled to [-1, 1]; they are scaled back).
-    """
+def replay_steps(agent: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The stored transitions of an off-policy ``agent``'s replay buffer, ``(obs, actions)``, position-major as
+    ``replay_buffer.rewards[:N // n_envs]`` flattens: ``obs`` ``(N, *obs_shape)`` as the env emitted them (SB3
+    stores the raw observation under ``VecNormalize``), ``actions`` ``(N, ...)`` as the env received them."""
     buf = agent.replay_buffer
     size = buf.buffer_size if buf.full else buf.pos
-    pos, env = np.meshgrid(np.arange(size), np.arange(buf.n_envs), indexing="ij")  # (size, n_envs) each
-    idx = np.stack([pos.ravel(), env.ravel()], axis=1)  # (N, 2)
     obs = buf.observations[:size].reshape(size * buf.n_envs, *buf.obs_shape)  # (N, *obs_shape)
     actions = buf.actions[:size].reshape(size * buf.n_envs, *buf.actions.shape[2:])  # (N, action_dim)
-    if isinstance(agent.action_space, spaces.Box):
-        actions = agent.policy.unscale_action(actions)
-    elif isinstance(agent.action_space, spaces.Discrete):
-        actions = actions.reshape(-1).astype(np.int64)
-    return idx, obs, actions
+    return obs, env_actions(agent, actions, scaled=True)
+
+
+def env_actions(agent: Any, actions: np.ndarray, *, scaled: bool) -> np.ndarray:
+    """Actions ``(N, action_dim)`` as an SB3 agent stored them, as the env received them: Box actions scaled back
+    from [-1, 1] (off-policy agents store them ``scaled``) or clipped to the space (on-policy agents store what
+    the policy drew); discrete ones as integers ``(N,)``."""
+    space = agent.action_space
+    if isinstance(space, spaces.Box):
+        return agent.policy.unscale_action(actions) if scaled else np.clip(actions, space.low, space.high)
+    if isinstance(space, spaces.Discrete):
+        return actions.reshape(-1).astype(np.int64)
+    return actions
 
 
 def relabel_replay(agent: Any, reward: Any) -> dict[str, float]:
     """Every transition in ``agent``'s replay buffer gets the current reward (the ensemble's normalized mean,
     as :class:`~prefrl.wrappers.LearnedReward` pays new steps). Returns how many, and how far they moved."""
-    idx, obs, actions = replay_steps(agent)
-    if len(idx) == 0:
+    obs, actions = replay_steps(agent)
+    if len(obs) == 0:
         return {}
-    buf = agent.replay_buffer
-    new = reward.step_rewards(obs, actions).mean(axis=0)  # (K, N) -> (N,)
-    old = buf.rewards[idx[:, 0], idx[:, 1]]
-    buf.rewards[idx[:, 0], idx[:, 1]] = new
-    return {"agent/relabeled": float(len(idx)), "agent/relabel_change": float(np.sqrt(np.mean((new - old) ** 2)))}
+    stored = agent.replay_buffer.rewards[: len(obs) // agent.replay_buffer.n_envs]  # (size, n_envs), a view
+    new = reward.step_rewards(obs, actions).mean(axis=0).reshape(stored.shape)  # (K, N) -> (size, n_envs)
+    change = float(np.sqrt(np.mean((new - stored) ** 2)))
+    stored[:] = new
+    return {"agent/relabeled": float(len(obs)), "agent/relabel_change": change}
 
 
 def keep_in_step(agent: Any, reward: Any, *, relabel: bool = True) -> Callable[[], dict[str, float]]:
@@ -74,11 +77,7 @@ def rollout_rewards(agent: Any, reward: Any) -> np.ndarray | None:
         return None
     n, e = buf.rewards.shape
     obs = rollout_array(buf, "observations").reshape(n * e, *buf.obs_shape)  # (n*e, *obs_shape)
-    actions = rollout_array(buf, "actions").reshape(n * e, -1)  # (n*e, action_dim)
-    if isinstance(agent.action_space, spaces.Box):
-        actions = np.clip(actions, agent.action_space.low, agent.action_space.high)  # as the env received them
-    elif isinstance(agent.action_space, spaces.Discrete):
-        actions = actions.reshape(-1).astype(np.int64)
+    actions = env_actions(agent, rollout_array(buf, "actions").reshape(n * e, -1), scaled=False)
     return reward.step_rewards(obs, actions).mean(axis=0).reshape(n, e)
 
 

@@ -89,11 +89,11 @@ def _train(cfg: TrainConfig, run: RunDir, *, oracle: Oracle | None, progress: bo
     chunk = chunk_steps(cfg, p.agent)
     log = run.metrics()
     state = TrainState(timesteps=0, random_steps=0, wall_s=0.0)
-    if not resuming:  # a run started over (its checkpoint moved aside) logs afresh; its labels are reused
-        log.truncate_after(-1)
     if resuming:
         state, rng = checkpoint.restore(run, cfg, p)
         log.truncate_after(p.agent.num_timesteps)
+    else:  # a run started over (its checkpoint moved aside) logs afresh; its labels are reused
+        log.truncate_after(-1)
     agent = p.agent
     pin_progress(agent, cfg.total_timesteps)
     clock = Stopwatch(offset=state.wall_s)

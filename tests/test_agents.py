@@ -37,8 +37,8 @@ def test_relabeling_pays_every_stored_transition_the_reward_of_the_action_the_en
     venv = DummyVecEnv([lambda: gym.make("Pendulum-v1")] * 2)
     agent = SAC("MlpPolicy", venv, learning_starts=300, seed=0, policy_kwargs={"net_arch": [8]})
     agent.learn(300)  # random actions in [-2, 2], stored rescaled to [-1, 1]
-    idx, _obs, actions = replay_steps(agent)
-    assert len(idx) == 300 and np.abs(actions).max() > 1.0  # the env's scale, not the buffer's
+    obs, actions = replay_steps(agent)
+    assert len(obs) == 300 and np.abs(actions).max() > 1.0  # the env's scale, not the buffer's
     metrics = relabel_replay(agent, ObsPlusAction())
     buf = agent.replay_buffer
     stored = buf.rewards[: buf.pos]  # (150, 2)
@@ -64,9 +64,9 @@ def test_after_every_refit_the_replay_buffer_holds_the_current_reward(tmp_path, 
     loop.train(cfg, run, progress=False)
     reward = load_reward(run)  # as of the last checkpoint, after the last refit
     agent = checkpoint.load_agent(make_agent(cfg.agent, _pendulum(cfg), seed=0), run, cfg)
-    idx, obs, actions = replay_steps(agent)
-    assert len(idx) == 1500
-    stored = agent.replay_buffer.rewards[idx[:, 0], idx[:, 1]]
+    obs, actions = replay_steps(agent)
+    assert len(obs) == 1500
+    stored = agent.replay_buffer.rewards[:1500].reshape(-1)  # one env: position-major is time order
     np.testing.assert_allclose(stored, reward.step_rewards(obs, actions).mean(axis=0), rtol=1e-4, atol=1e-5)
     rows = run.metrics().rows
     assert all(float(r["agent/relabeled"]) > 0 for r in rows[1:-1])  # every refit during RL relabeled
